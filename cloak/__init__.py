@@ -1,0 +1,1 @@
+"""cloak: adversarial face cloaks with honest measurements."""

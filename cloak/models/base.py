@@ -1,0 +1,57 @@
+"""The one interface every face embedder implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FaceEmbedder(nn.Module):
+    """Maps aligned face crops to L2-normalised identity embeddings.
+
+    Subclasses declare where the five MTCNN landmarks must land in their input
+    crop (``template``), so that :mod:`cloak.alignment` can warp any photo into
+    the model's input differentiably. Weights are never loaded behind the
+    caller's back: constructors build the network, loading is explicit.
+
+    Attributes:
+        input_size: ``(height, width)`` of the crops :meth:`forward` expects.
+        template: ``[5, 2]`` float tensor, ``(x, y)`` pixel coordinates in the
+            crop (pixel centres at integer coordinates) of left eye, right eye,
+            nose tip, left and right mouth corner, "left" meaning the image's
+            left, as MTCNN orders its landmarks.
+        embedding_dim: length ``D`` of the embedding.
+
+    Shape:
+        - Input: ``[B, 3, H, W]`` RGB in ``[0, 1]`` with ``(H, W) == input_size``.
+        - Output: ``[B, D]``, unit L2 norm.
+    """
+
+    input_size: tuple[int, int]
+    embedding_dim: int
+
+    def __init__(self, input_size: tuple[int, int], template: torch.Tensor, embedding_dim: int) -> None:
+        super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.embedding_dim = int(embedding_dim)
+        template = torch.as_tensor(template, dtype=torch.float32)
+        if template.shape != (5, 2):
+            raise ValueError(f"template must have shape [5, 2], got {list(template.shape)}")
+        # A buffer so it follows .to(device) but is not a trainable weight.
+        self.register_buffer("template", template, persistent=False)
+
+    def check_input(self, faces: torch.Tensor) -> None:
+        """Raises a clear error unless ``faces`` is ``[B, 3, *input_size]``."""
+        if faces.ndim != 4 or faces.shape[1] != 3 or tuple(faces.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__} expects faces of shape [B, 3, {self.input_size[0]}, "
+                f"{self.input_size[1]}], got {list(faces.shape)}"
+            )
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embedding; subclasses implement this."""
+        raise NotImplementedError
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        self.check_input(faces)
+        return nn.functional.normalize(self.embed(faces), dim=-1)
