@@ -29,6 +29,9 @@ class FaceEmbedder(nn.Module):
 
     input_size: tuple[int, int]
     embedding_dim: int
+    #: Distance between two :meth:`descriptor` outputs above which the model's
+    #: authors call two faces different people.
+    match_threshold: float | None = None
 
     def __init__(self, input_size: tuple[int, int], template: torch.Tensor, embedding_dim: int) -> None:
         super().__init__()
@@ -55,3 +58,7 @@ class FaceEmbedder(nn.Module):
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         self.check_input(faces)
         return nn.functional.normalize(self.embed(faces), dim=-1)
+
+    def descriptor(self, faces: torch.Tensor) -> torch.Tensor:
+        """The vector :attr:`match_threshold` applies to (Euclidean); the normalised embedding by default."""
+        return self(faces)

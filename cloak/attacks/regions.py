@@ -1,0 +1,104 @@
+"""Where a cloak may live in a photo: a region around its faces, in the photo's own pixels."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from cloak.alignment import crop_footprint, crop_to_image_matrix
+from cloak.models.base import FaceEmbedder
+
+# JPEG works on 16x16 macroblocks (8x8 with 2x chroma subsampling); aligning the region to
+# them makes the differentiable JPEG see the same blocks as a real encoder of the photo.
+BLOCK = 16
+
+
+@dataclass
+class PhotoFaces:
+    """One photo and the faces in it to cloak.
+
+    Attributes:
+        photo: ``[3, H, W]`` RGB in ``[0, 1]``.
+        landmarks: ``[F, 5, 2]`` MTCNN landmarks in photo pixels.
+        seed: seeds this photo's random draws, so a photo gets the same cloak
+            alone or in any batch (see :func:`photo_seed`).
+    """
+
+    photo: torch.Tensor
+    landmarks: torch.Tensor
+    seed: int = 0
+
+
+def photo_seed(seed: int, photo: torch.Tensor) -> int:
+    """A per-photo seed derived from the run's seed and the photo's pixels (not its batch position)."""
+    digest = hashlib.blake2b(photo.detach().cpu().contiguous().numpy().tobytes(), digest_size=8)
+    digest.update(int(seed).to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") & ((1 << 62) - 1)
+
+
+@dataclass
+class Region:
+    """The part of a photo one cloak covers.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` integer pixel bounds (``x1``, ``y1`` exclusive).
+        mask: ``[1, h, w]`` 1 where the cloak may change pixels (around faces), else 0.
+        matrices: model name -> ``[F, 2, 3]`` maps from crop pixels to *region* pixels.
+    """
+
+    box: tuple[int, int, int, int]
+    mask: torch.Tensor
+    matrices: dict[str, torch.Tensor]
+
+    def crop(self, photo: torch.Tensor) -> torch.Tensor:
+        """The region's pixels of a ``[3, H, W]`` photo."""
+        x0, y0, x1, y1 = self.box
+        return photo[:, y0:y1, x0:x1]
+
+    def paste(self, photo: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """A copy of ``photo`` with this region replaced by ``region``."""
+        x0, y0, x1, y1 = self.box
+        out = photo.clone()
+        out[:, y0:y1, x0:x1] = region
+        return out
+
+
+def face_region(
+    faces: PhotoFaces,
+    models: dict[str, FaceEmbedder],
+    margin: float = 0.08,
+) -> Region:
+    """The region covering every model's crop of every face, grown by ``margin`` of its size.
+
+    The margin leaves room for the alignment jitter of robust attacks.
+    """
+    photo = faces.photo
+    H, W = photo.shape[-2:]
+    landmarks = faces.landmarks.to(photo)
+    matrices, boxes = {}, []
+    for name, model in models.items():
+        m = crop_to_image_matrix(landmarks, model.template.to(photo))
+        box = crop_footprint(m, model.input_size)
+        grow = (box[:, 2:] - box[:, :2]) * margin / 2
+        boxes.append(torch.cat([box[:, :2] - grow, box[:, 2:] + grow], dim=1))
+        matrices[name] = m
+    face_boxes = torch.cat(boxes).detach()
+    lo = face_boxes[:, :2].amin(0).floor().clamp_min(0)
+    hi = face_boxes[:, 2:].amax(0).ceil()
+    x0, y0 = (int(v) // BLOCK * BLOCK for v in lo.tolist())
+    x1, y1 = min(W, int(hi[0]) + 1), min(H, int(hi[1]) + 1)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"faces lie outside the photo of size {W}x{H}: landmarks {faces.landmarks.tolist()}")
+    mask = torch.zeros(1, y1 - y0, x1 - x0, dtype=photo.dtype, device=photo.device)
+    for bx0, by0, bx1, by1 in face_boxes.tolist():
+        ys, ye = max(0, int(by0) - y0), max(0, min(y1, int(by1) + 1) - y0)
+        xs, xe = max(0, int(bx0) - x0), max(0, min(x1, int(bx1) + 1) - x0)
+        mask[:, ys:ye, xs:xe] = 1
+    shift = torch.tensor([x0, y0], dtype=photo.dtype, device=photo.device)
+    for name in matrices:
+        m = matrices[name].clone()
+        m[:, :, 2] -= shift
+        matrices[name] = m
+    return Region(box=(x0, y0, x1, y1), mask=mask, matrices=matrices)

@@ -1,0 +1,27 @@
+"""Where the Hydra configs live, in a source checkout and in an installed wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: shipped inside the wheel, or at the root of a checkout."""
+    for candidate in (PACKAGE_DIR / "configs", PACKAGE_DIR.parent / "configs"):
+        if (candidate / "cloak.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"cloak's configs were not found in {PACKAGE_DIR / 'configs'} or {PACKAGE_DIR.parent / 'configs'}; "
+        "the installation is incomplete, reinstall cloak"
+    )
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "cloak") -> DictConfig:
+    """Composes a config outside of ``@hydra.main`` (for the Python API and tests)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))

@@ -1,0 +1,79 @@
+"""Weighted sets of face embedders, and Gaussian-smoothed members (as LowKey uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import kornia
+import torch
+from torch import nn
+
+from cloak.models.base import FaceEmbedder
+
+
+class GaussianSmoothed(FaceEmbedder):
+    """An embedder that sees its input through a Gaussian blur.
+
+    LowKey adds such copies of each model to its ensemble: a cloak that fools the
+    smoothed model too lives in lower frequencies, which survive JPEG and resizing.
+
+    Args:
+        inner: the embedder to wrap; its input size and template are kept.
+        sigma: blur standard deviation in pixels of the model's input.
+    """
+
+    def __init__(self, inner: FaceEmbedder, sigma: float = 1.0) -> None:
+        super().__init__(inner.input_size, inner.template, inner.embedding_dim)
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.inner = inner
+        self.sigma = float(sigma)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        k = 2 * int(round(3 * self.sigma)) + 1
+        blurred = kornia.filters.gaussian_blur2d(faces, (k, k), (self.sigma, self.sigma))
+        return self.inner.embed(blurred)
+
+
+class Ensemble(nn.Module):
+    """A named, weighted set of face embedders.
+
+    Attacks align each face once per member (members may differ in input size and
+    template) and add the members' losses with these weights. A single model is
+    an ensemble of one (see :func:`as_ensemble`).
+
+    Args:
+        members: name -> embedder.
+        weights: name -> weight; missing names weigh 1. Weights are normalised to sum to 1.
+    """
+
+    def __init__(self, members: Mapping[str, FaceEmbedder], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        for name, member in members.items():
+            if not isinstance(member, FaceEmbedder):
+                raise TypeError(f"ensemble member {name!r} is a {type(member).__name__}, not a FaceEmbedder")
+        weights = dict(weights or {})
+        unknown = set(weights) - set(members)
+        if unknown:
+            raise ValueError(f"weights given for unknown members {sorted(unknown)}; members are {sorted(members)}")
+        raw = [float(weights.get(name, 1.0)) for name in members]
+        if any(w < 0 for w in raw) or sum(raw) <= 0:
+            raise ValueError(f"ensemble weights must be >= 0 with a positive sum, got {raw}")
+        self.members = nn.ModuleDict(dict(members))
+        self.weights = {name: w / sum(raw) for name, w in zip(members, raw)}
+
+    def items(self) -> list[tuple[str, FaceEmbedder, float]]:
+        """``(name, embedder, weight)`` for each member."""
+        return [(name, member, self.weights[name]) for name, member in self.members.items()]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def as_ensemble(model: FaceEmbedder | Ensemble, name: str = "model") -> Ensemble:
+    """Wraps a single embedder as an ensemble of one; passes ensembles through."""
+    if isinstance(model, Ensemble):
+        return model
+    return Ensemble({name: model})

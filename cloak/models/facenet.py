@@ -1,0 +1,126 @@
+"""facenet-pytorch's InceptionResnetV1 (VGGFace2 or CASIA-WebFace weights) as a :class:`FaceEmbedder`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.hub import download_url_to_file
+
+from cloak.models.base import FaceEmbedder
+from cloak.models.weights import WeightsUnavailableError, verify_sha256
+
+log = logging.getLogger(__name__)
+
+# Mean MTCNN landmarks in Sandberg-style crops (MTCNN box + 32 px margin, 160x160),
+# measured on 377 lfw-dev faces by scripts/derive_templates.py.
+FACENET_TEMPLATE = torch.tensor(
+    [[52.32, 64.79], [110.76, 63.83], [81.58, 90.44], [56.83, 113.10], [107.75, 112.48]]
+)
+
+# Where facenet-pytorch downloads its released weights from, and their SHA-256.
+RELEASES = {
+    "vggface2": {
+        "url": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+        "sha256": "281cebca8662831adb987a874bdcb36e73f5b1c6dc5ee5878f305e985625d99b",
+    },
+    "casia-webface": {
+        "url": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
+        "sha256": None,
+    },
+}
+
+
+class FacenetEmbedder(FaceEmbedder):
+    """InceptionResnetV1 on 160x160 crops, 512-d embeddings.
+
+    The constructor builds the network with random weights; use
+    :func:`load_facenet` for the pretrained ones.
+
+    Shape:
+        - Input: :math:`(B, 3, 160, 160)` RGB in ``[0, 1]``.
+        - Output: :math:`(B, 512)`, unit norm.
+    """
+
+    # Euclidean distance between unit embeddings; Sandberg's LFW validation of
+    # these weights puts the best same/different threshold near 1.1.
+    match_threshold = 1.1
+
+    def __init__(self) -> None:
+        super().__init__(input_size=(160, 160), template=FACENET_TEMPLATE, embedding_dim=512)
+        from facenet_pytorch import InceptionResnetV1
+
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        # facenet-pytorch's fixed_image_standardization: (255 x - 127.5) / 128.
+        return self.net((faces * 255.0 - 127.5) / 128.0)
+
+
+def torch_checkpoint_dir() -> Path:
+    """The folder facenet-pytorch caches downloads in (``$TORCH_HOME/checkpoints``)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "checkpoints"
+
+
+def facenet_weights_path(pretrained: str, weights: str | Path | None = None, download: bool = True) -> Path:
+    """The weight file for ``pretrained``: ``weights`` if given, else facenet-pytorch's cache (downloading it once).
+
+    Raises:
+        WeightsUnavailableError: the file is missing and cannot be downloaded; the
+            message says which file, where it comes from and how to supply it.
+    """
+    if pretrained not in RELEASES:
+        raise ValueError(f"pretrained must be one of {sorted(RELEASES)}, got {pretrained!r}")
+    url = RELEASES[pretrained]["url"]
+    how = (
+        f"Download {url} on a machine with internet and either pass model.weights=/path/to/"
+        f"{Path(url).name} or copy it to {torch_checkpoint_dir()}/."
+    )
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"facenet {pretrained} weights not found at {path}. {how}")
+        return path
+    path = torch_checkpoint_dir() / Path(url).name
+    if path.is_file():
+        return path
+    if not download:
+        raise WeightsUnavailableError(f"facenet {pretrained} weights are not in {path} and downloading is off. {how}")
+    log.info("Downloading facenet %s weights from %s to %s", pretrained, url, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url_to_file(url, str(path), progress=True)
+    except Exception as err:  # urllib raises many kinds; all mean "not available now".
+        path.unlink(missing_ok=True)
+        raise WeightsUnavailableError(
+            f"facenet {pretrained} weights are not in {path} and downloading them failed ({err}). {how}"
+        ) from err
+    return path
+
+
+def load_facenet(
+    pretrained: str = "vggface2",
+    weights: str | Path | None = None,
+    sha256: str | None = "pinned",
+    download: bool = True,
+) -> FacenetEmbedder:
+    """A pretrained :class:`FacenetEmbedder` in eval mode.
+
+    Args:
+        pretrained: ``"vggface2"`` or ``"casia-webface"``.
+        weights: a local ``.pt`` state dict; default: facenet-pytorch's cached download.
+        sha256: expected hash of the file; ``"pinned"`` uses the one recorded for
+            ``pretrained`` in :data:`RELEASES`, ``None`` skips the check.
+        download: allow downloading when the file is not cached.
+    """
+    path = facenet_weights_path(pretrained, weights, download)
+    verify_sha256(path, RELEASES[pretrained]["sha256"] if sha256 == "pinned" else sha256)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # The released files carry the training classifier ("logits.*"), which embeddings do not use.
+    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    model = FacenetEmbedder()
+    model.net.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,164 @@
+"""Random, differentiable photo distortions for robust cloaks (expectation over transformation).
+
+Each attack step passes the cloaked face region through a random draw of what
+platforms do to photos (JPEG re-encoding, down-and-up resizing, blur) and jitters
+the face alignment a little, so the cloak keeps working after them. Draws come
+from a caller-owned ``torch.Generator``, so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """One random draw of :class:`RobustTransform`; ``None`` means "not applied"."""
+
+    jpeg_quality: float | None = None
+    scale: float | None = None
+    blur_sigma: float | None = None
+    shift: tuple[float, float] = (0.0, 0.0)
+    zoom: float = 1.0
+
+
+def resize_round_trip(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """Downscales by ``scale`` (antialiased) and upsamples back to the input size, differentiably.
+
+    Shape:
+        - image: :math:`(B, C, H, W)`
+        - Output: :math:`(B, C, H, W)`
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    h, w = image.shape[-2:]
+    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    down = F.interpolate(image, size=small, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur with a kernel of about 3 sigma each side.
+
+    Shape:
+        - image: :math:`(B, C, H, W)`
+        - Output: :math:`(B, C, H, W)`
+    """
+    k = 2 * max(1, int(round(3 * sigma))) + 1
+    return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma))
+
+
+def jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
+    """kornia's differentiable JPEG encode-decode at one quality.
+
+    Shape:
+        - image: :math:`(B, 3, H, W)` in ``[0, 1]``
+        - Output: :math:`(B, 3, H, W)`
+    """
+    q = torch.full((image.shape[0],), float(quality), dtype=image.dtype, device=image.device)
+    return kornia.enhance.jpeg_codec_differentiable(image.clamp(0, 1), q)
+
+
+class RobustTransform(nn.Module):
+    """Samples and applies platform-like distortions.
+
+    Each distortion is applied with its probability; parameters are drawn
+    uniformly from their ranges. Alignment jitter moves the crop by up to
+    ``max_shift`` of the face crop's size and rescales it by up to ``max_zoom``.
+
+    Args:
+        jpeg_prob: probability of a differentiable JPEG round trip.
+        jpeg_quality: ``(low, high)`` JPEG quality range.
+        resize_prob: probability of a down-and-up resize.
+        resize_scale: ``(low, high)`` downscale factor range.
+        blur_prob: probability of a Gaussian blur.
+        blur_sigma: ``(low, high)`` blur sigma range, photo pixels.
+        max_shift: alignment shift, fraction of the crop size.
+        max_zoom: alignment zoom, relative.
+    """
+
+    def __init__(
+        self,
+        jpeg_prob: float = 0.5,
+        jpeg_quality: tuple[float, float] = (50.0, 95.0),
+        resize_prob: float = 0.5,
+        resize_scale: tuple[float, float] = (0.4, 1.0),
+        blur_prob: float = 0.2,
+        blur_sigma: tuple[float, float] = (0.3, 1.2),
+        max_shift: float = 0.02,
+        max_zoom: float = 0.03,
+    ) -> None:
+        super().__init__()
+        for name, prob in [("jpeg_prob", jpeg_prob), ("resize_prob", resize_prob), ("blur_prob", blur_prob)]:
+            if not 0 <= prob <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {prob}")
+        for name, (lo, hi) in [("jpeg_quality", jpeg_quality), ("resize_scale", resize_scale), ("blur_sigma", blur_sigma)]:
+            if lo > hi:
+                raise ValueError(f"{name} range must be (low, high), got ({lo}, {hi})")
+        if not (1 <= jpeg_quality[0] and jpeg_quality[1] <= 100):
+            raise ValueError(f"jpeg_quality must lie in [1, 100], got {tuple(jpeg_quality)}")
+        if not (0 < resize_scale[0] and resize_scale[1] <= 1):
+            raise ValueError(f"resize_scale must lie in (0, 1], got {tuple(resize_scale)}")
+        self.jpeg_prob, self.jpeg_quality = float(jpeg_prob), tuple(map(float, jpeg_quality))
+        self.resize_prob, self.resize_scale = float(resize_prob), tuple(map(float, resize_scale))
+        self.blur_prob, self.blur_sigma = float(blur_prob), tuple(map(float, blur_sigma))
+        self.max_shift, self.max_zoom = float(max_shift), float(max_zoom)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when no draw can change anything."""
+        return not (self.jpeg_prob or self.resize_prob or self.blur_prob or self.max_shift or self.max_zoom)
+
+    def sample(self, generator: torch.Generator) -> Distortion:
+        """One random draw, using only ``generator``."""
+        u = torch.rand(9, generator=generator, dtype=torch.float64).tolist()
+
+        def pick(prob: float, rng: tuple[float, float], a: float, b: float) -> float | None:
+            return rng[0] + (rng[1] - rng[0]) * b if a < prob else None
+
+        return Distortion(
+            jpeg_quality=pick(self.jpeg_prob, self.jpeg_quality, u[0], u[1]),
+            scale=pick(self.resize_prob, self.resize_scale, u[2], u[3]),
+            blur_sigma=pick(self.blur_prob, self.blur_sigma, u[4], u[5]),
+            shift=((2 * u[6] - 1) * self.max_shift, (2 * u[7] - 1) * self.max_shift),
+            zoom=1.0 + (2 * u[8] - 1) * self.max_zoom,
+        )
+
+    def distort(self, image: torch.Tensor, draw: Distortion) -> torch.Tensor:
+        """Applies a draw's photo distortions: resize, then blur, then JPEG (the platform's order).
+
+        Shape:
+            - image: :math:`(B, 3, H, W)` in ``[0, 1]``
+            - Output: :math:`(B, 3, H, W)`
+        """
+        if draw.scale is not None and draw.scale < 1:
+            image = resize_round_trip(image, draw.scale)
+        if draw.blur_sigma is not None:
+            image = gaussian_blur(image, draw.blur_sigma)
+        if draw.jpeg_quality is not None:
+            image = jpeg(image, draw.jpeg_quality)
+        return image
+
+    @staticmethod
+    def jitter(crop_to_image: torch.Tensor, draw: Distortion, size: tuple[int, int]) -> torch.Tensor:
+        """Shifts and zooms crop matrices about the crop centre.
+
+        Shape:
+            - crop_to_image: :math:`(F, 2, 3)`
+            - Output: :math:`(F, 2, 3)`
+        """
+        if draw.shift == (0.0, 0.0) and draw.zoom == 1.0:
+            return crop_to_image
+        h, w = size
+        cu, cv = (w - 1) / 2, (h - 1) / 2
+        # crop' = zoom * (crop - centre) + centre + shift, composed in crop coordinates.
+        z = draw.zoom
+        adjust = crop_to_image.new_tensor(
+            [[z, 0.0, (1 - z) * cu + draw.shift[0] * w], [0.0, z, (1 - z) * cv + draw.shift[1] * h], [0, 0, 1]]
+        )
+        return crop_to_image @ adjust

@@ -1,0 +1,80 @@
+"""Shared fixtures: the optional lfw-dev face data and the public-domain demo face."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def lfw_dev_path() -> Path:
+    """Where lfw-dev lives: ``$CLOAK_LFW_DEV`` or ``../shared/data/lfw-dev`` beside the repo."""
+    return Path(os.environ.get("CLOAK_LFW_DEV", REPO_ROOT.parent / "shared" / "data" / "lfw-dev"))
+
+
+@pytest.fixture(scope="session")
+def lfw_dev() -> Path:
+    """The lfw-dev folder (``<Name>/<Name>_NNNN.jpg``); skips the test when it is absent."""
+    path = lfw_dev_path()
+    if not path.is_dir():
+        pytest.skip(f"lfw-dev face data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """The public-domain astronaut photo shipped with scikit-image, ``[512, 512, 3]`` uint8 RGB."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+class TinyEmbedder:
+    """Builds small random-weight face embedders (24x20 input) for fast, exact tests."""
+
+    @staticmethod
+    def make(seed: int = 0, dtype=None):
+        import torch
+        from torch import nn
+
+        from cloak.models.base import FaceEmbedder
+
+        class _Tiny(FaceEmbedder):
+            def __init__(self) -> None:
+                template = torch.tensor([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]])
+                super().__init__(input_size=(24, 20), template=template, embedding_dim=8)
+                self.net = nn.Sequential(
+                    nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 12 * 10, 8)
+                )
+
+            def embed(self, faces):
+                return self.net(faces)
+
+        torch.manual_seed(seed)
+        model = _Tiny().eval()
+        return model.to(dtype) if dtype is not None else model
+
+
+@pytest.fixture
+def tiny_embedder():
+    """A factory of tiny random-weight embedders: ``tiny_embedder(seed=0, dtype=None)``."""
+    return TinyEmbedder.make
+
+
+def synthetic_photo(seed: int, size: tuple[int, int] = (64, 72), dtype=None):
+    """A random ``[3, H, W]`` photo and landmarks of one face placed at a seeded spot (template scaled 1.5x)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    photo = torch.rand(3, h, w, generator=g, dtype=torch.float64)
+    template = torch.tensor([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]], dtype=torch.float64)
+    offset = torch.tensor([10.0 + 10 * float(torch.rand(1, generator=g)), 12.0 + 8 * float(torch.rand(1, generator=g))], dtype=torch.float64)
+    landmarks = (template * 1.5 + offset).unsqueeze(0)
+    if dtype is not None:
+        photo, landmarks = photo.to(dtype), landmarks.to(dtype)
+    return photo, landmarks
