@@ -71,7 +71,7 @@ class Protected:
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in ``[0, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device=device, dtype=torch.float32) / 255.0
+    return torch.tensor(np.asarray(image), dtype=torch.uint8).permute(2, 0, 1).to(device=device, dtype=torch.float32) / 255.0
 
 
 def to_uint8(photo: torch.Tensor) -> np.ndarray:

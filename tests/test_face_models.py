@@ -1,0 +1,115 @@
+"""Every face model: configs instantiate, gradients reach the input, recognition works on real faces."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cloak.config import config_dir, load_config
+from cloak.models.base import FaceEmbedder
+from cloak.models.dlib_resnet import DlibResNet, load_dlib_resnet
+from cloak.models.ensemble import Ensemble, GaussianSmoothed
+from cloak.models.facenet import FacenetEmbedder, load_facenet
+from cloak.models.weights import WeightsUnavailableError
+
+MODEL_CONFIGS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def dlib_model() -> DlibResNet:
+    return load_dlib_resnet()
+
+
+@pytest.fixture(scope="module")
+def facenet_file(tmp_path_factory) -> Path:
+    """A random-weight state dict in facenet-pytorch's file format (real weights are not needed here)."""
+    path = tmp_path_factory.mktemp("weights") / "random-facenet.pt"
+    torch.save(FacenetEmbedder().net.state_dict(), path)
+    return path
+
+
+def _offline_overrides(name: str, facenet_file: Path) -> list[str]:
+    facenet = {"facenet_vggface2": "", "facenet_casia": ""}
+    if name in facenet:
+        return [f"model.weights={facenet_file}", "model.sha256=null"]
+    if name == "ensemble":
+        return [o for m in facenet for o in (f"model.members.{m}.weights={facenet_file}", f"model.members.{m}.sha256=null")]
+    return []
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_every_model_config_instantiates(name, facenet_file):
+    cfg = load_config([f"model={name}", *_offline_overrides(name, facenet_file)])
+    model = instantiate(cfg.model)
+    assert isinstance(model, (FaceEmbedder, Ensemble))
+    members = [m for _, m, _ in model.items()] if isinstance(model, Ensemble) else [model]
+    for member in members:
+        h, w = member.input_size
+        out = member(torch.rand(2, 3, h, w))
+        assert out.shape == (2, member.embedding_dim)
+        assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [DlibResNet, FacenetEmbedder, lambda: GaussianSmoothed(DlibResNet(), sigma=1.5)],
+    ids=["dlib_resnet", "facenet", "smoothed"],
+)
+def test_gradient_reaches_the_input(make):
+    model = make().eval()
+    h, w = model.input_size
+    x = torch.rand(2, 3, h, w, requires_grad=True)
+    model(x)[:, 0].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_wrong_input_shape_is_refused():
+    with pytest.raises(ValueError, match=r"\[B, 3, 150, 150\]"):
+        DlibResNet()(torch.rand(1, 3, 160, 160))
+
+
+def test_missing_facenet_weights_say_what_and_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("cloak.models.facenet.download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_facenet("vggface2")
+    message = str(err.value)
+    assert "20180402-114759-vggface2.pt" in message and "github.com/timesler/facenet-pytorch" in message
+    assert "model.weights=" in message and str(tmp_path / "torch" / "checkpoints") in message
+    assert not (tmp_path / "torch" / "checkpoints" / "20180402-114759-vggface2.pt").exists()
+    with pytest.raises(WeightsUnavailableError, match="not found at"):
+        load_facenet("vggface2", weights=tmp_path / "nope.pt")
+
+
+def test_facenet_weights_are_checked_against_their_hash(facenet_file):
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_facenet("vggface2", weights=facenet_file)  # the pinned hash is the real release's
+    assert isinstance(load_facenet("vggface2", weights=facenet_file, sha256=None), FacenetEmbedder)
+
+
+def test_ensemble_weights_are_checked():
+    with pytest.raises(ValueError, match="unknown members"):
+        Ensemble({"a": DlibResNet()}, weights={"b": 1.0})
+    ens = Ensemble({"a": DlibResNet(), "b": DlibResNet()}, weights={"a": 3.0})
+    assert ens.weights == {"a": 0.75, "b": 0.25}
+
+
+def test_dlib_resnet_verifies_lfw_with_our_alignment(dlib_model, lfw_dev):
+    from cloak.evaluation.verification import verification_auc
+
+    auc, (n_same, n_diff) = verification_auc(dlib_model, lfw_dev, identities=50, per_identity=5)
+    assert n_same > 100 and n_diff > 1000
+    assert auc >= 0.99, f"ROC AUC {auc:.4f} over 50 lfw-dev identities"
+
+
+def test_our_alignment_agrees_with_dlibs_pipeline(dlib_model, lfw_dev):
+    from cloak.evaluation.verification import alignment_agreement
+
+    mean, n = alignment_agreement(dlib_model, lfw_dev, limit=40)
+    assert n >= 30
+    assert mean >= 0.97, f"mean cosine {mean:.4f} between our and dlib's alignment over {n} faces"
