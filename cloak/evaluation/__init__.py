@@ -1,0 +1,1 @@
+"""Evaluation protocol: platform transforms, identity datasets and tracker metrics (FaceCure, LowKey)."""

@@ -1,0 +1,98 @@
+"""SSIM, DSSIM and PSNR on known answers."""
+
+import math
+from itertools import pairwise
+
+import pytest
+import torch
+
+from cloak.quality import dssim, psnr, ssim
+
+
+def _image(seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, *size, generator=g, dtype=torch.float64)
+
+
+def test_identical_images():
+    x = torch.stack([_image(0), _image(1)])
+    assert ssim(x, x).tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert dssim(x, x).tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert torch.isinf(psnr(x, x)).all() and (psnr(x, x) > 0).all()
+
+
+def test_unbatched_gives_batch_of_one():
+    x, y = _image(0), _image(1)
+    assert ssim(x, y).shape == (1,)
+    assert dssim(x, y).shape == (1,)
+    assert psnr(x, y).shape == (1,)
+    assert torch.equal(ssim(x, y), ssim(x[None], y[None]))
+
+
+def test_psnr_of_constant_offset():
+    a = torch.full((2, 3, 8, 8), 0.5, dtype=torch.float64)
+    offsets = torch.tensor([0.1, 0.01], dtype=torch.float64).view(2, 1, 1, 1)
+    b = a + offsets
+    mse = ((b - a) ** 2).mean(dim=(1, 2, 3))
+    expected = [10 * math.log10(1.0 / m) for m in mse.tolist()]
+    assert psnr(a, b).tolist() == pytest.approx(expected, rel=1e-12)
+    assert psnr(a, b).tolist() == pytest.approx([20.0, 40.0], rel=1e-9)
+    assert psnr(a * 255, b * 255, max_val=255.0).tolist() == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_decreases_with_noise():
+    x = _image(0, (48, 48))
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    scores = [float(ssim(x, (x + s * noise).clamp(0, 1))[0]) for s in (0.0, 0.01, 0.05, 0.1, 0.3)]
+    assert scores[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in pairwise(scores))
+    d = [float(dssim(x, (x + s * noise).clamp(0, 1))[0]) for s in (0.01, 0.1)]
+    assert 0 < d[0] < d[1] <= 1
+
+
+def test_dssim_is_differentiable():
+    x = _image(0)
+    delta = (0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)).requires_grad_()
+    loss = dssim((x + delta).clamp(0, 1), x).sum()
+    (grad,) = torch.autograd.grad(loss, delta)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # A small step against the gradient lowers the DSSIM.
+    with torch.no_grad():
+        lower = dssim((x + delta - 1e-3 * grad.sign()).clamp(0, 1), x)
+    assert lower.item() < loss.item()
+
+
+def test_matches_scikit_image_closely():
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    x = _image(0, (64, 64))
+    y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)).clamp(0, 1)
+    ref = skimage_metrics.structural_similarity(
+        x.permute(1, 2, 0).numpy(),
+        y.permute(1, 2, 0).numpy(),
+        channel_axis=2,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+    )
+    assert float(ssim(x, y)[0]) == pytest.approx(ref, abs=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        (torch.rand(3, 16, 16), torch.rand(3, 16, 17), "same shape"),
+        (torch.rand(16, 16), torch.rand(16, 16), r"\[3, H, W\]"),
+        (torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), "3 \\(RGB\\) channels"),
+        (torch.rand(3, 4, 16), torch.rand(3, 4, 16), "at least 6x6"),
+    ],
+)
+def test_shape_errors(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        ssim(a, b)
+
+
+def test_psnr_shape_error():
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8))
