@@ -238,13 +238,14 @@ class _frozen:
         self.module = module
 
     def __enter__(self) -> None:
-        self.training = self.module.training
+        self.training = [(m, m.training) for m in self.module.modules()]
         self.requires = [p.requires_grad for p in self.module.parameters()]
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
     def __exit__(self, *exc: object) -> None:
-        self.module.train(self.training)
+        for m, training in self.training:
+            m.training = training
         for p, r in zip(self.module.parameters(), self.requires):
             p.requires_grad_(r)
