@@ -69,7 +69,7 @@ def main() -> None:
             "jpeg75+down0.5": np.asarray(jpeg(downscale(pil, 0.5), 75)),
         }
         for name, v in variants.items():
-            rows[name].append(measure(p, v, f, dlib, parts.device).faces[0].distance["model"])
+            rows[name].append(measure(p, v, f, dlib, parts.device).faces[0].distance["dlib_resnet"])
     n = len(photos)
     log.info("attack=%s steps=%d eps=%.1f/255 transform=%s: %d faces", parts.attack.name, parts.attack.steps,
              parts.attack.eps * 255, type(parts.attack.transform).__name__ if parts.attack.transform else None, n)

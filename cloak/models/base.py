@@ -29,6 +29,8 @@ class FaceEmbedder(nn.Module):
 
     input_size: tuple[int, int]
     embedding_dim: int
+    #: Short name used in reports and as the member name of an ensemble of one.
+    name: str = "model"
     #: Distance between two :meth:`descriptor` outputs above which the model's
     #: authors call two faces different people.
     match_threshold: float | None = None

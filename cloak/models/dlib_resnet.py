@@ -161,6 +161,7 @@ class DlibResNet(FaceEmbedder):
     """
 
     mean: torch.Tensor
+    name = "dlib_resnet"
     # dlib's own same-person threshold on the raw descriptor (Euclidean).
     match_threshold = 0.6
 

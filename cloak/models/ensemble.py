@@ -72,8 +72,8 @@ class Ensemble(nn.Module):
         return len(self.members)
 
 
-def as_ensemble(model: FaceEmbedder | Ensemble, name: str = "model") -> Ensemble:
-    """Wraps a single embedder as an ensemble of one; passes ensembles through."""
+def as_ensemble(model: FaceEmbedder | Ensemble) -> Ensemble:
+    """Wraps a single embedder as an ensemble of one (member named ``model.name``); passes ensembles through."""
     if isinstance(model, Ensemble):
         return model
-    return Ensemble({name: model})
+    return Ensemble({model.name: model})

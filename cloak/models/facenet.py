@@ -47,6 +47,7 @@ class FacenetEmbedder(FaceEmbedder):
     # Euclidean distance between unit embeddings; Sandberg's LFW validation of
     # these weights puts the best same/different threshold near 1.1.
     match_threshold = 1.1
+    name = "facenet"
 
     def __init__(self) -> None:
         super().__init__(input_size=(160, 160), template=FACENET_TEMPLATE, embedding_dim=512)
@@ -122,5 +123,6 @@ def load_facenet(
     # The released files carry the training classifier ("logits.*"), which embeddings do not use.
     state = {k: v for k, v in state.items() if not k.startswith("logits.")}
     model = FacenetEmbedder()
+    model.name = "facenet_casia" if pretrained == "casia-webface" else f"facenet_{pretrained}"
     model.net.load_state_dict(state)
     return model.eval()

@@ -1,0 +1,207 @@
+"""The main job: cloak every face in every photo of a folder, safely, and report what was done.
+
+Never writes into the input folder, never overwrites an existing copy unless
+``overwrite=true`` (a re-run skips photos already done), writes atomically, and
+goes on past unreadable photos, reporting them by name (exit status 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from cloak import imageio
+from cloak.builders import build_from_config
+from cloak.preview import side_by_side
+from cloak.protect import PhotoReport, cloak_photos, measure
+
+log = logging.getLogger("cloak")
+
+REPORT_NAME = "report.json"
+PREVIEW_DIR = "previews"
+
+
+@dataclass
+class Pending:
+    """A loaded photo with faces, waiting for its batch to be cloaked."""
+
+    path: Path
+    dest: Path
+    loaded: imageio.LoadedPhoto
+    faces: list
+
+
+@dataclass
+class Outcome:
+    """What happened to each photo of a run."""
+
+    cloaked: dict[str, PhotoReport] = field(default_factory=dict)
+    no_face: list[str] = field(default_factory=list)
+    skipped_done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def demo_input(folder: Path) -> Path:
+    """Writes the public-domain astronaut photo (scikit-image) to ``folder/astronaut.png``."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def run(cfg: DictConfig) -> int:
+    """Cloaks the photos named by ``cfg.input`` as configured; returns the exit status."""
+    if cfg.input is None:
+        with tempfile.TemporaryDirectory(prefix="cloak-demo-") as tmp:
+            source = demo_input(Path(tmp) / "cloak-demo")
+            output = Path(cfg.output_dir or "cloak-demo").resolve()
+            log.info("No input given: cloaking the built-in demo photo (NASA's public-domain astronaut portrait)")
+            return _run(cfg, source, output, preview=True)
+    source = Path(str(cfg.input)).expanduser().resolve()
+    if not source.exists():
+        log.error("Input %s does not exist", source)
+        return 2
+    try:
+        output = imageio.resolve_output_dir(source, cfg.output_dir)
+    except imageio.CloakIOError as err:
+        log.error("%s", err)
+        return 2
+    return _run(cfg, source, output, preview=bool(cfg.preview))
+
+
+def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
+    root = source if source.is_dir() else source.parent
+    listing = imageio.find_photos(source)
+    for path in listing.skipped:
+        log.info("Skipping %s: not a photo cloak reads", path)
+    if not listing.photos:
+        log.error("No photos found in %s", source)
+        return 2
+    parts = build_from_config(cfg)
+    log.info(
+        "Cloaking %d photo(s) from %s into %s (attack=%s, %d steps, eps=%s/255, device=%s)",
+        len(listing.photos), source, output, parts.attack.name, parts.attack.steps,
+        cfg.strength.eps, parts.device,
+    )
+    outcome, pending = Outcome(), []
+    save_kw = dict(jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata))
+    bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
+    for path in bar:
+        rel = path.relative_to(root)
+        dest = output / rel
+        if dest.exists() and not cfg.overwrite:
+            outcome.skipped_done.append(str(rel))
+            continue
+        try:
+            loaded = imageio.load_photo(path, max_pixels=int(cfg.max_pixels))
+            faces = parts.detector.detect(loaded.rgb)
+        except (imageio.CloakIOError, OSError, ValueError) as err:
+            outcome.failed[str(rel)] = str(err)
+            log.error("Failed: %s", err)
+            continue
+        if not faces:
+            outcome.no_face.append(str(rel))
+            if cfg.no_face == "copy":
+                _guard(outcome, rel, lambda: imageio.copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
+            continue
+        pending.append(Pending(path, dest, loaded, faces))
+        if len(pending) >= int(cfg.batch_size):
+            _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+            pending = []
+    if pending:
+        _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+    bar.close()
+    _write_report(output, outcome, cfg)
+    _summarise(outcome, output)
+    return 1 if outcome.failed else 0
+
+
+def _guard(outcome: Outcome, rel: Path, action) -> bool:
+    """Runs a write; records and logs a failure instead of stopping the run."""
+    try:
+        action()
+        return True
+    except (imageio.CloakIOError, OSError, ValueError) as err:
+        outcome.failed[str(rel)] = str(err)
+        log.error("Failed to write %s: %s", rel, err)
+        return False
+
+
+def _cloak_batch(pending: list[Pending], parts, cfg, output: Path, root: Path, preview: bool, save_kw, outcome: Outcome, bar) -> None:
+    n_faces = sum(len(p.faces) for p in pending)
+    bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
+    steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
+    cloaked = cloak_photos(
+        [p.loaded.rgb for p in pending], [p.faces for p in pending], parts.attack, parts.model, parts.device, steps.update
+    )
+    steps.close()
+    for p, image in zip(pending, cloaked):
+        rel = p.path.relative_to(root)
+        if not _guard(outcome, rel, lambda: imageio.save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)):
+            continue
+        outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
+        if preview:
+            png = output / PREVIEW_DIR / rel.with_suffix(".png")
+            _guard(outcome, rel, lambda: imageio.write_png(side_by_side(p.loaded.rgb, image), png, overwrite=bool(cfg.overwrite)))
+
+
+def _write_report(output: Path, outcome: Outcome, cfg: DictConfig) -> None:
+    """``report.json``: this run's photos, merged over the reports of earlier runs into the same folder."""
+    path = output / REPORT_NAME
+    photos: dict = {}
+    if path.is_file():
+        try:
+            photos = json.loads(path.read_text()).get("photos", {})
+        except (OSError, ValueError):
+            log.warning("Could not read the earlier %s; it is replaced", path)
+    photos.update({rel: {"status": "cloaked", **rep.to_dict()} for rel, rep in outcome.cloaked.items()})
+    photos.update({rel: {"status": "no_face", "copied": cfg.no_face == "copy"} for rel in outcome.no_face})
+    photos.update({rel: {"status": "failed", "error": err} for rel, err in outcome.failed.items()})
+    settings = {k: cfg[k] for k in ("jpeg_quality", "jpeg_subsampling", "metadata", "seed")}
+    settings.update(attack=cfg.attack._target_, strength=dict(cfg.strength), model=cfg.model._target_)
+    imageio.write_bytes(json.dumps({"settings": settings, "photos": photos}, indent=2).encode(), path, overwrite=True)
+
+
+def _summarise(outcome: Outcome, output: Path) -> None:
+    """Logs a per-photo table and a one-line verdict."""
+    if outcome.cloaked:
+        models = sorted({m for rep in outcome.cloaked.values() for f in rep.faces for m in f.distance})
+        header = ["photo", "faces", "SSIM", "PSNR"] + [f"{m} dist / JPEG75 (thr)" for m in models]
+        rows = []
+        for rel, rep in outcome.cloaked.items():
+            row = [rel, str(len(rep.faces)), f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
+            for m in models:
+                d = min(f.distance[m] for f in rep.faces)
+                j = min(f.distance_jpeg75[m] for f in rep.faces)
+                thr = rep.faces[0].threshold[m]
+                row.append(f"{d:.2f} / {j:.2f}" + (f" ({thr:.2f})" if thr is not None else ""))
+            rows.append(row)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, ["-" * w for w in widths], *rows]:
+            log.info("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        faces = [f for rep in outcome.cloaked.values() for f in rep.faces]
+        for m in models:
+            thr = faces[0].threshold[m]
+            if thr is not None:
+                beyond = np.mean([f.distance_jpeg75[m] > thr for f in faces])
+                log.info(
+                    "%s: %.0f%% of %d cloaked face(s) stay beyond its same-person threshold (%.2f) after JPEG q75",
+                    m, 100 * beyond, len(faces), thr,
+                )
+    if outcome.no_face:
+        log.info("%d photo(s) had no face: %s", len(outcome.no_face), ", ".join(outcome.no_face))
+    if outcome.skipped_done:
+        log.info("%d photo(s) already cloaked in %s were skipped (overwrite=true redoes them)", len(outcome.skipped_done), output)
+    for rel, err in outcome.failed.items():
+        log.error("FAILED %s: %s", rel, err)
+    log.info("Cloaked %d photo(s) -> %s (report: %s)", len(outcome.cloaked), output, output / REPORT_NAME)

@@ -1,0 +1,135 @@
+"""The main job end to end: `python -m cloak`, its files, and every kind of bad input."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cloak.config import load_config
+from cloak.run import run
+
+FAST = ["strength.steps=2", "device=cpu"]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def photos(tmp_path, astronaut) -> Path:
+    """A folder with a face (JPEG, nested), a photo without a face (PNG), a text file and a corrupt JPEG."""
+    root = tmp_path / "photos"
+    (root / "trip").mkdir(parents=True)
+    face = Image.fromarray(astronaut).resize((256, 256))
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}  # GPS latitude: must not leak into the copy
+    face.save(root / "trip" / "me.jpg", quality=92, exif=exif)
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(root / "wall.png")
+    (root / "notes.txt").write_text("not a photo")
+    (root / "broken.jpg").write_bytes((root / "trip" / "me.jpg").read_bytes()[:300])
+    return root
+
+
+def _run(*overrides: str) -> int:
+    return run(load_config([*FAST, *overrides]))
+
+
+def test_folder_is_cloaked_safely_and_reported(photos):
+    before = _digest(photos)
+    status = _run(f"input={photos}")
+    out = photos.parent / "photos_cloaked"
+    assert status == 1, "a photo failed (broken.jpg), so the exit status must say so"
+    assert _digest(photos) == before, "the input folder was modified"
+
+    cloaked = Image.open(out / "trip" / "me.jpg")
+    assert cloaked.format == "JPEG" and cloaked.size == (256, 256)
+    assert 0x8825 not in cloaked.getexif(), "GPS EXIF leaked into the cloaked copy"
+    original = np.asarray(Image.open(photos / "trip" / "me.jpg").convert("RGB"), dtype=np.int16)
+    assert np.abs(np.asarray(cloaked.convert("RGB"), dtype=np.int16) - original).max() > 0
+
+    copied = Image.open(out / "wall.png")
+    assert copied.format == "PNG" and np.array_equal(np.asarray(copied), np.asarray(Image.open(photos / "wall.png")))
+    assert not (out / "notes.txt").exists() and not (out / "broken.jpg").exists()
+
+    report = json.loads((out / "report.json").read_text())["photos"]
+    assert report["trip/me.jpg"]["status"] == "cloaked" and len(report["trip/me.jpg"]["faces"]) == 1
+    face = report["trip/me.jpg"]["faces"][0]
+    assert face["distance"]["dlib_resnet"] > 0 and face["threshold"]["dlib_resnet"] == 0.6
+    assert 0.9 < report["trip/me.jpg"]["ssim"] <= 1.0
+    assert report["wall.png"]["status"] == "no_face"
+    assert report["broken.jpg"]["status"] == "failed" and "broken.jpg" in report["broken.jpg"]["error"]
+    assert "notes.txt" not in report
+
+
+def test_rerun_skips_done_photos_and_overwrite_redoes_them(photos):
+    _run(f"input={photos}")
+    out = photos.parent / "photos_cloaked"
+    first = _digest(out)
+    _run(f"input={photos}")
+    assert {k: v for k, v in _digest(out).items() if k != "report.json"} == {k: v for k, v in first.items() if k != "report.json"}
+    _run(f"input={photos}", "overwrite=true", "seed=1")
+    assert _digest(out)["trip/me.jpg"] != first["trip/me.jpg"]
+
+
+def test_no_face_skip_and_preview(photos):
+    _run(f"input={photos}", "no_face=skip", "preview=true")
+    out = photos.parent / "photos_cloaked"
+    assert not (out / "wall.png").exists()
+    preview = Image.open(out / "previews" / "trip" / "me.png")
+    assert preview.size[0] > 3 * 256 and preview.size[1] == 256
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_in_input_is_refused(photos, where):
+    out = photos if where == "same" else photos / "cloaked"
+    before = _digest(photos)
+    assert _run(f"input={photos}", f"output_dir={out}") == 2
+    assert _digest(photos) == before
+
+
+def test_missing_input_is_an_error(tmp_path):
+    assert _run(f"input={tmp_path / 'nope'}") == 2
+
+
+def test_oversized_photo_is_refused_by_name(photos):
+    status = _run(f"input={photos / 'trip'}", "max_pixels=1000")
+    assert status == 1
+    report = json.loads((photos / "trip_cloaked" / "report.json").read_text())["photos"]
+    assert report["me.jpg"]["status"] == "failed" and "max_pixels" in report["me.jpg"]["error"]
+
+
+def test_cli_runs_the_demo_end_to_end(tmp_path):
+    """The README's "run it" command, as a user types it (fewer steps)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cloak", *FAST], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "cloak-demo" / "astronaut.png").is_file()
+    assert (tmp_path / "cloak-demo" / "report.json").is_file()
+    assert (tmp_path / "cloak-demo" / "previews" / "astronaut.png").is_file()
+    assert "cloak-demo" in done.stdout
+
+
+def test_positional_folder_with_odd_characters(tmp_path, astronaut):
+    folder = tmp_path / "my photos, 2024 [x]"
+    folder.mkdir()
+    Image.fromarray(astronaut).resize((200, 200)).save(folder / "a.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "cloak", str(folder), *FAST], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "my photos, 2024 [x]_cloaked" / "a.png").is_file()
+
+
+def test_python_api(astronaut):
+    import cloak
+
+    [result] = cloak.protect(astronaut, overrides=["strength.steps=2"], device="cpu")
+    assert result.image.shape == astronaut.shape and result.image.dtype == np.uint8
+    assert np.abs(result.image.astype(int) - astronaut.astype(int)).max() <= 8
+    assert len(result.report.faces) == 1 and result.report.ssim > 0.9
