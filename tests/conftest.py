@@ -16,6 +16,18 @@ def lfw_dev_path() -> Path:
     return Path(os.environ.get("CLOAK_LFW_DEV", REPO_ROOT.parent / "shared" / "data" / "lfw-dev"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly on machines without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def lfw_dev() -> Path:
     """The lfw-dev folder (``<Name>/<Name>_NNNN.jpg``); skips the test when it is absent."""

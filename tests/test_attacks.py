@@ -116,3 +116,16 @@ def test_bad_parameters_are_refused():
         LowKey(smooth_prob=1.5)
     with pytest.raises(FileNotFoundError, match="target_dir"):
         Fawkes(target_dir="/nonexistent/targets")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tiny_embedder):
+    model = tiny_embedder(dtype=torch.float64)
+    photos = _photos(2)
+    cpu = PGD(eps=8, steps=3, max_dssim=None)(model, photos)
+    on_gpu = [PhotoFaces(p.photo.cuda(), p.landmarks.cuda(), p.seed) for p in photos]
+    gpu = PGD(eps=8, steps=3, max_dssim=None)(model.cuda(), on_gpu)
+    for c, g in zip(cpu, gpu):
+        assert g.photo.device.type == "cuda"
+        # Sign steps can flip on near-zero gradients; most pixels must agree.
+        assert (c.photo - g.photo.cpu()).abs().lt(1e-6).float().mean() > 0.95

@@ -1,0 +1,59 @@
+"""Every config group composes and instantiates; the configs ship inside the wheel."""
+
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+from hydra.utils import instantiate
+
+from cloak.attacks import Attack
+from cloak.config import config_dir, load_config
+from cloak.detection import FaceDetector
+from cloak.transforms import RobustTransform
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("attack", _choices("attack"))
+@pytest.mark.parametrize("strength", _choices("strength"))
+def test_every_attack_and_strength_instantiates(attack, strength):
+    cfg = load_config([f"attack={attack}", f"strength={strength}"])
+    built = instantiate(cfg.attack)
+    assert isinstance(built, Attack)
+    assert built.eps * 255 == pytest.approx(cfg.strength.eps)
+    assert built.steps == cfg.strength.steps
+
+
+def test_overrides_reach_the_attack():
+    built = instantiate(load_config(["attack.steps=300", "strength=high"]).attack)
+    assert built.steps == 300 and built.eps * 255 == pytest.approx(12)
+
+
+@pytest.mark.parametrize("transform", _choices("transform"))
+def test_every_transform_instantiates(transform):
+    built = instantiate(load_config([f"transform={transform}"]).transform)
+    assert isinstance(built, RobustTransform)
+    assert built.is_identity == (transform == "none")
+
+
+@pytest.mark.parametrize("detector", _choices("detector"))
+def test_every_detector_instantiates(detector):
+    assert isinstance(instantiate(load_config([f"detector={detector}", "device=cpu"]).detector), FaceDetector)
+
+
+def test_strength_presets_grow():
+    eps = [load_config([f"strength={s}"]).strength.eps for s in ("low", "mid", "high")]
+    assert eps == sorted(eps) and len(set(eps)) == 3
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")
+def test_wheel_ships_the_configs(tmp_path):
+    root = config_dir().parent
+    subprocess.run(["uv", "build", "--wheel", "--out-dir", str(tmp_path)], cwd=root, check=True, capture_output=True)
+    [wheel] = tmp_path.glob("cloak-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in config_dir().rglob("*.yaml"):
+        assert f"cloak/configs/{path.relative_to(config_dir()).as_posix()}" in names, f"{path.name} missing from the wheel"
