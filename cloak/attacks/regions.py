@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from cloak.alignment import crop_footprint, crop_to_image_matrix
 from cloak.models.base import FaceEmbedder
@@ -44,7 +45,8 @@ class Region:
 
     Attributes:
         box: ``(x0, y0, x1, y1)`` integer pixel bounds (``x1``, ``y1`` exclusive).
-        mask: ``[1, h, w]`` 1 where the cloak may change pixels (around faces), else 0.
+        mask: ``[1, h, w]`` in ``[0, 1]``: how much of the cloak each pixel takes (1 around
+            the faces, 0 away from them, feathered in between).
         matrices: model name -> ``[F, 2, 3]`` maps from crop pixels to *region* pixels.
     """
 
@@ -96,6 +98,11 @@ def face_region(
         ys, ye = max(0, int(by0) - y0), max(0, min(y1, int(by1) + 1) - y0)
         xs, xe = max(0, int(bx0) - x0), max(0, min(x1, int(bx1) + 1) - x0)
         mask[:, ys:ye, xs:xe] = 1
+    # Feather the edges (a box filter about 6% of a face wide): a hard-edged patch of
+    # noise shows as a rectangle on smooth backgrounds.
+    face_size = float((face_boxes[:, 2:] - face_boxes[:, :2]).amin())
+    k = max(3, int(0.06 * face_size) | 1)
+    mask = F.avg_pool2d(mask.unsqueeze(0), k, stride=1, padding=k // 2, count_include_pad=True)[0]
     shift = torch.tensor([x0, y0], dtype=photo.dtype, device=photo.device)
     for name in matrices:
         m = matrices[name].clone()
