@@ -90,8 +90,8 @@ class RobustTransform(nn.Module):
         resize_scale: tuple[float, float] = (0.4, 1.0),
         blur_prob: float = 0.2,
         blur_sigma: tuple[float, float] = (0.3, 1.2),
-        max_shift: float = 0.02,
-        max_zoom: float = 0.03,
+        max_shift: float = 0.05,
+        max_zoom: float = 0.08,
     ) -> None:
         super().__init__()
         for name, prob in [("jpeg_prob", jpeg_prob), ("resize_prob", resize_prob), ("blur_prob", blur_prob)]:

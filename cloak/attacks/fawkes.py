@@ -23,9 +23,10 @@ class Fawkes(Attack):
       portraits): every face found there is a candidate, and each face gets the
       candidate whose embedding is farthest from its own, as Fawkes picks the
       farthest target identity.
-    - otherwise, a synthetic target per face and model: a seeded random unit
-      vector made orthogonal to the face's own embedding, i.e. a point in the
-      model's identity space as far from the person as a stranger typically is.
+    - otherwise, a synthetic target per model: one seeded random direction of
+      the model's identity space, shared by all faces and made orthogonal to
+      each face's own embedding (as far from the person as a stranger
+      typically is). Shared, so all of a person's photos move the same way.
 
     Args:
         target_dir: optional folder of target face photos.
@@ -47,7 +48,7 @@ class Fawkes(Attack):
             own = {name: model(clean_crops[name]) for name, (model, _) in views.items()}
             candidates = self._candidate_embeddings(views, next(iter(own.values())))
             if candidates is None:
-                return {name: _orthogonal_targets(e, face_seeds, salt=i) for i, (name, e) in enumerate(own.items())}
+                return {name: _shared_direction_targets(e, self.seed + i) for i, (name, e) in enumerate(own.items())}
             # Farthest candidate on average over the views (cosine similarity, lower = farther).
             sim = sum(own[name] @ candidates[name].T for name in views) / len(views)
             pick = sim.argmin(dim=1)
@@ -79,13 +80,14 @@ class Fawkes(Attack):
         return {name: torch.cat(e) for name, e in out.items()}
 
 
-def _orthogonal_targets(own: torch.Tensor, face_seeds: list[int], salt: int) -> torch.Tensor:
-    """Seeded random unit vectors orthogonal to each row of ``own`` (unit rows), one seed per row."""
-    r = torch.stack(
-        [
-            torch.randn(own.shape[1], generator=torch.Generator().manual_seed(seed + salt), dtype=torch.float64)
-            for seed in face_seeds
-        ]
-    ).to(own)
-    r = r - (r * own).sum(-1, keepdim=True) * own
+def _shared_direction_targets(own: torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded random direction for every face, made orthogonal to each face's own embedding.
+
+    Sharing the direction matters: a tracker's classifier learns where a person's
+    photos cluster, and cloaks that scatter them in random directions leave the
+    cluster's centre, and so the person, where it was. All faces pulled toward
+    one point move that centre.
+    """
+    r = torch.randn(own.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(own)
+    r = r.expand_as(own) - (own @ r).unsqueeze(1) * own
     return torch.nn.functional.normalize(r, dim=-1)
