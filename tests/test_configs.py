@@ -29,7 +29,8 @@ def test_every_attack_and_strength_instantiates(attack, strength):
 
 def test_overrides_reach_the_attack():
     built = instantiate(load_config(["attack.steps=300", "strength=high"]).attack)
-    assert built.steps == 300 and built.eps * 255 == pytest.approx(12)
+    high = load_config(["strength=high"]).strength
+    assert built.steps == 300 and built.eps * 255 == pytest.approx(high.eps)
 
 
 @pytest.mark.parametrize("transform", _choices("transform"))
