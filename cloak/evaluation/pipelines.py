@@ -286,7 +286,8 @@ def build_pipelines(
         try:
             models[name] = load_tracker_model(name)
         except WeightsUnavailableError as err:
-            skipped[name] = f"weights not available locally: {err}"
+            # The error's first sentence says which file is missing; the rest says how to supply it.
+            skipped[name] = f"weights not available locally ({str(err).split('. ')[0]})"
     for name, why in skipped.items():
         log.info("Tracker %s skipped: %s", name, why)
     if models:

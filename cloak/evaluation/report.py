@@ -1,0 +1,423 @@
+"""Writing an experiment's results: CSV, JSON, Markdown tables and matplotlib plots.
+
+Files written by :func:`write_report` into a run's folder:
+
+- ``results.json``: everything (config, data split, settings, every protection
+  number with its per-user breakdown, quality).
+- ``protection.csv``: one row per setting x tracker x transform x condition x metric.
+- ``quality.csv``: one row per setting x condition (cloak, noise).
+- ``report.md``: the settings and quality table, the headline table of each
+  setting (rows tracker x transform; protection of the cloak, no cloak and
+  noise per metric; mean SSIM, DSSIM, PSNR) and, per tracker, the
+  setting x transform matrix of the cloak's protection.
+- ``protection.png``: bars of cloak / no cloak / noise protection per transform (first setting), per tracker and metric.
+- ``tradeoff.png`` (two or more settings): protection against mean SSIM, per metric.
+- ``robustness.png`` (JPEG or downscale transforms): protection against JPEG
+  quality and against the downscale factor, one line per setting, per tracker and metric.
+
+Protection values are fractions in ``[0, 1]`` in CSV and JSON, percentages in Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cloak.evaluation.experiment import (
+    CONDITION_NAMES,
+    CONDITIONS,
+    METRIC_NAMES,
+    ExperimentResults,
+    ProtectionRow,
+    QualityRow,
+    Setting,
+)
+
+PROTECTION_FIELDS = (
+    "setting", "tracker", "relation", "transform", "tracker_side", "condition", "metric",
+    "protection", "n_probes", "n_probes_no_face", "n_shared_no_face",
+)
+QUALITY_FIELDS = ("setting", "condition", "ssim", "dssim", "psnr", "ssim_min", "n_photos")
+
+
+def pct(x: float | None) -> str:
+    """``0.834`` -> ``"83%"``; None -> ``"-"``."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.0f}%"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; None -> ``"-"``, infinity -> ``"inf"``."""
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (first column left-aligned, the others right-aligned)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |"]
+    lines.append("|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|")
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _quality(results: ExperimentResults, setting: str, condition: str) -> QualityRow | None:
+    return next((q for q in results.quality if q.setting == setting and q.condition == condition), None)
+
+
+def _trackers(results: ExperimentResults) -> list[str]:
+    return list(dict.fromkeys(r.tracker for r in results.protection)) or list(results.trackers)
+
+
+def _transforms(results: ExperimentResults) -> list[str]:
+    seen = set(r.transform for r in results.protection)
+    return [t for t in results.transforms if t in seen]
+
+
+def _relation(results: ExperimentResults, tracker: str) -> str:
+    return next((r.relation for r in results.protection if r.tracker == tracker), "")
+
+
+def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one setting's headline table: tracker x transform rows."""
+    metrics = results.metrics
+    header = ["tracker", "transform"]
+    for condition in CONDITIONS:
+        header += [f"{CONDITION_NAMES[condition]} {METRIC_NAMES.get(m, m)}" for m in metrics]
+    header += ["SSIM", "DSSIM", "PSNR (dB)"]
+    q = _quality(results, setting, "cloak")
+    rows = []
+    for tracker in _trackers(results):
+        rel = _relation(results, tracker)
+        for transform in _transforms(results):
+            name = f"{transform} (tracker-side)" if transform in results.tracker_side_transforms else transform
+            row = [f"{tracker} ({rel})" if rel else tracker, name]
+            for condition in CONDITIONS:
+                row += [pct(results.value(setting, tracker, transform, condition, m)) for m in metrics]
+            row += [num(q.ssim if q else None), num(q.dssim if q else None, 4), num(q.psnr if q else None, 1)]
+            rows.append(row)
+    return header, rows
+
+
+def headline_markdown(results: ExperimentResults, setting: str) -> str:
+    """One setting's headline table in Markdown."""
+    return markdown_table(*headline_rows(results, setting))
+
+
+def settings_markdown(results: ExperimentResults) -> str:
+    """The settings with their cloak's and noise's image quality and cloaking time."""
+    header = ["setting", "attack", "eps", "steps", "max DSSIM", "robust", "SSIM", "min SSIM", "DSSIM", "PSNR (dB)",
+              "noise SSIM", "noise PSNR (dB)", "s / photo"]
+    rows = []
+    for s in results.settings:
+        q, n = _quality(results, s.label, "cloak"), _quality(results, s.label, "noise")
+        rows.append([
+            s.label, s.attack, f"{s.eps:g}", s.steps, "-" if s.max_dssim is None else f"{s.max_dssim:g}",
+            "yes" if s.robust else "no",
+            num(q.ssim if q else None), num(q.ssim_min if q else None), num(q.dssim if q else None, 4),
+            num(q.psnr if q else None, 1), num(n.ssim if n else None), num(n.psnr if n else None, 1),
+            num(s.seconds / max(1, s.n_cloaked), 1),
+        ])
+    return markdown_table(header, rows)
+
+
+def matrix_rows(results: ExperimentResults, tracker: str, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Setting x transform protection of the cloak against one tracker, with the baselines as extra rows."""
+    transforms = _transforms(results)
+    header = ["setting", *transforms]
+    rows = [[s.label, *(pct(results.value(s.label, tracker, t, "cloak", metric)) for t in transforms)] for s in results.settings]
+    if results.settings:
+        first = results.settings[0].label
+        rows.append(["no cloak", *(pct(results.value(first, tracker, t, "none", metric)) for t in transforms)])
+    seen_eps: set[float] = set()
+    for s in results.settings:
+        if s.eps not in seen_eps:
+            seen_eps.add(s.eps)
+            rows.append([f"{results.noise} noise eps {s.eps:g}", *(pct(results.value(s.label, tracker, t, "noise", metric)) for t in transforms)])
+    return header, rows
+
+
+def report_markdown(results: ExperimentResults, metrics: Sequence[str] | None = None) -> str:
+    """The whole ``report.md``; ``metrics`` (default: all) get setting x transform matrices."""
+    d = results.data
+    out = [f"# Experiment `{results.experiment}`\n"]
+    out.append(
+        f"Data: `{d.get('root')}`: {len(d.get('users', []))} users ({', '.join(d.get('users', []))}), "
+        f"{d.get('n_shared')} shared (cloaked) and {d.get('n_probes')} clean probe photos; "
+        f"{d.get('n_distractor_identities')} distractor identities with {d.get('n_distractor_photos')} photos; "
+        f"seed {d.get('seed')}.\n"
+    )
+    out.append(f"Cloak optimised against: {', '.join(results.cloak_models) or '-'}. Trackers: {', '.join(results.trackers)}.")
+    for name, why in results.skipped_trackers.items():
+        out.append(f"Skipped tracker `{name}`: {why}.")
+    out.append(
+        f"\nProtection = 1 - accuracy on the users' clean photos (higher is better for the users); "
+        f"noise = {results.noise} noise of the cloak's L-inf size in the cloak's region. "
+        f"Tracker-side transforms ({', '.join(results.tracker_side_transforms) or 'none'}) apply to every photo the tracker sees. "
+        f"Run time {results.seconds / 60:.1f} min.\n"
+    )
+    out.append("## Settings and image quality\n")
+    out.append(settings_markdown(results))
+    for s in results.settings:
+        out.append(f"\n## Protection: {s.label}\n")
+        out.append(headline_markdown(results, s.label))
+    for metric in _metrics(results, metrics):
+        for tracker in _trackers(results):
+            out.append(f"\n## Protection against {tracker} ({METRIC_NAMES.get(metric, metric)}), setting x transform\n")
+            out.append(markdown_table(*matrix_rows(results, tracker, metric)))
+    return "\n".join(out)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(results: ExperimentResults, path: Path) -> None:
+    """``results`` as JSON (non-finite numbers as null)."""
+    path.write_text(json.dumps(_finite(results.to_dict()), indent=1, allow_nan=False) + "\n")
+
+
+def load_results(path: Path) -> ExperimentResults:
+    """Reads a ``results.json`` written by :func:`write_json` back (null PSNRs become infinity)."""
+    data = json.loads(Path(path).read_text())
+    quality = []
+    for q in data.pop("quality"):
+        q["psnr"] = float("inf") if q["psnr"] is None else q["psnr"]
+        quality.append(QualityRow(**q))
+    settings = [Setting(**s) for s in data.pop("settings")]
+    protection = [ProtectionRow(**r) for r in data.pop("protection")]
+    return ExperimentResults(**data, settings=settings, protection=protection, quality=quality)
+
+
+def write_csv(results: ExperimentResults, out_dir: Path) -> tuple[Path, Path]:
+    """``protection.csv`` and ``quality.csv``."""
+    prot, qual = out_dir / "protection.csv", out_dir / "quality.csv"
+    with open(prot, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(PROTECTION_FIELDS)
+        for r in results.protection:
+            w.writerow([f"{getattr(r, f):.6f}" if f == "protection" else getattr(r, f) for f in PROTECTION_FIELDS])
+    with open(qual, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(QUALITY_FIELDS)
+        for q in results.quality:
+            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in (getattr(q, f) for f in QUALITY_FIELDS)])
+    return prot, qual
+
+
+# ---------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------
+
+
+def jpeg_axis(transform: str) -> float | None:
+    """JPEG quality of ``jpegNN`` (100 for ``none``: no re-encode), else None."""
+    if transform == "none":
+        return 100.0
+    m = re.fullmatch(r"jpeg(\d+)", transform)
+    return float(m.group(1)) if m else None
+
+
+def downscale_axis(transform: str) -> float | None:
+    """Scale of ``downF`` (1 for ``none``), else None."""
+    if transform == "none":
+        return 1.0
+    m = re.fullmatch(r"down(\d*\.?\d+)", transform)
+    return float(m.group(1)) if m else None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _metrics(results: ExperimentResults, metrics: Sequence[str] | None) -> list[str]:
+    return [m for m in (metrics or results.metrics) if m in results.metrics] or results.metrics[:1]
+
+
+def plot_protection(results: ExperimentResults, path: Path, setting: str | None = None, metrics: Sequence[str] | None = None) -> Path:
+    """Grouped bars: cloak / no cloak / noise protection per transform; a row per tracker, a column per metric."""
+    plt = _pyplot()
+    setting = setting or results.settings[0].label
+    metrics = _metrics(results, metrics)
+    trackers, transforms = _trackers(results), _transforms(results)
+    fig, axes = plt.subplots(
+        len(trackers), len(metrics), figsize=(max(6.0, 0.6 * len(transforms) + 2) * len(metrics), 2.8 * len(trackers)), squeeze=False
+    )
+    width = 0.27
+    colors = {"cloak": "tab:blue", "none": "tab:gray", "noise": "tab:orange"}
+    for row, tracker in enumerate(trackers):
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            for k, condition in enumerate(CONDITIONS):
+                ys = [results.value(setting, tracker, t, condition, metric) or 0.0 for t in transforms]
+                ax.bar([i + (k - 1) * width for i in range(len(transforms))], ys, width, label=CONDITION_NAMES[condition], color=colors[condition])
+            ax.set_xticks(range(len(transforms)))
+            ax.set_xticklabels(transforms, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("protection", fontsize=8)
+            ax.set_title(f"{tracker} ({_relation(results, tracker)}), {METRIC_NAMES.get(metric, metric)}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=3, loc="upper right")
+    fig.suptitle(f"Protection of cloak {setting} (1 - tracker accuracy on clean photos)", fontsize=10, x=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(
+    results: ExperimentResults, path: Path, metrics: Sequence[str] | None = None, transforms: Sequence[str] | None = None
+) -> Path:
+    """Protection against mean SSIM of the cloaked photos, a panel per metric, a line per tracker x transform.
+
+    Noise of each setting's size is drawn as crosses (dotted), no cloak as a dashed level.
+    """
+    plt = _pyplot()
+    metrics = _metrics(results, metrics)
+    transforms = [t for t in (transforms or ["none"]) if t in _transforms(results)] or _transforms(results)[:1]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.0 * len(metrics), 4.6), squeeze=False)
+    settings = sorted(results.settings, key=lambda s: -(_quality(results, s.label, "cloak") or QualityRow("", "", 1, 0, 0, 1, 0)).ssim)
+    for ax, metric in zip(axes[0], metrics):
+        for tracker in _trackers(results):
+            for transform in transforms:
+                xs, ys, labels = [], [], []
+                for s in settings:
+                    q, v = _quality(results, s.label, "cloak"), results.value(s.label, tracker, transform, "cloak", metric)
+                    if q is not None and v is not None:
+                        xs.append(q.ssim), ys.append(v), labels.append(s.label)
+                (line,) = ax.plot(xs, ys, "o-", ms=4, label=f"cloak vs {tracker} [{transform}]")
+                for x, y, lab in zip(xs, ys, labels):
+                    ax.annotate(lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
+                noise = sorted(
+                    {(q.ssim, v) for s in settings
+                     if (q := _quality(results, s.label, "noise")) is not None
+                     and (v := results.value(s.label, tracker, transform, "noise", metric)) is not None},
+                    reverse=True,
+                )
+                if noise:
+                    ax.plot(*zip(*noise), "x:", color=line.get_color(), alpha=0.6, label=f"noise vs {tracker} [{transform}]")
+                base = results.value(settings[0].label, tracker, transform, "none", metric) if settings else None
+                if base is not None:
+                    ax.axhline(base, color=line.get_color(), ls="--", lw=0.8, alpha=0.6)
+        ax.set_xlabel("mean SSIM of the changed photos (1 = unchanged)")
+        ax.set_ylabel(f"protection ({METRIC_NAMES.get(metric, metric)})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.set_title(f"Quality-protection trade-off, {METRIC_NAMES.get(metric, metric)} (dashed: no cloak)", fontsize=9)
+    axes[0, -1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_robustness(results: ExperimentResults, path: Path, metrics: Sequence[str] | None = None) -> Path | None:
+    """Protection against JPEG quality and against downscale factor, a line per setting; None without such transforms.
+
+    A row of panels per tracker; columns: (JPEG, downscale) x metric.
+    """
+    plt = _pyplot()
+    metrics = _metrics(results, metrics)
+    transforms = _transforms(results)
+    axes_defs = []
+    for title, fn, xlabel in (("JPEG", jpeg_axis, "JPEG quality (100 = no re-encode)"), ("downscale", downscale_axis, "downscale factor (upsampled back)")):
+        pts = sorted(((fn(t), t) for t in transforms if fn(t) is not None), reverse=True)
+        if len(pts) >= 2:
+            axes_defs += [(title, pts, xlabel, m) for m in metrics]
+    if not axes_defs:
+        return None
+    trackers = _trackers(results)
+    fig, axes = plt.subplots(len(trackers), len(axes_defs), figsize=(4.6 * len(axes_defs), 3.6 * len(trackers)), squeeze=False)
+    for row, tracker in enumerate(trackers):
+        for col, (title, pts, xlabel, metric) in enumerate(axes_defs):
+            ax = axes[row, col]
+            xs = [x for x, _ in pts]
+            for s in results.settings:
+                ax.plot(xs, [results.value(s.label, tracker, t, "cloak", metric) for _, t in pts], "o-", label=s.label, ms=3)
+            first = results.settings[0].label if results.settings else ""
+            ax.plot(xs, [results.value(first, tracker, t, "none", metric) for _, t in pts], "k--", label="no cloak", lw=1)
+            seen: set[float] = set()
+            for s in results.settings:
+                if s.eps in seen:
+                    continue
+                seen.add(s.eps)
+                ax.plot(xs, [results.value(s.label, tracker, t, "noise", metric) for _, t in pts], ":", color="gray",
+                        label=f"{results.noise} noise eps {s.eps:g}", lw=1)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(f"protection ({METRIC_NAMES.get(metric, metric)})", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.invert_xaxis()
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{tracker} ({_relation(results, tracker)}): {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8)
+    axes[0, -1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    results: ExperimentResults,
+    out_dir: Path,
+    plots: bool = True,
+    tradeoff_transforms: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Writes every file of a run (see the module docstring) into ``out_dir``; returns name -> path.
+
+    ``metrics`` (default: all of the run's) are those of the matrix tables and the plots.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    files["json"] = out_dir / "results.json"
+    write_json(results, files["json"])
+    files["protection_csv"], files["quality_csv"] = write_csv(results, out_dir)
+    files["markdown"] = out_dir / "report.md"
+    files["markdown"].write_text(report_markdown(results, metrics))
+    if plots and results.settings and results.protection:
+        files["protection_png"] = plot_protection(results, out_dir / "protection.png", metrics=metrics)
+        if len(results.settings) >= 2:
+            files["tradeoff_png"] = plot_tradeoff(results, out_dir / "tradeoff.png", metrics, tradeoff_transforms)
+        robust = plot_robustness(results, out_dir / "robustness.png", metrics)
+        if robust is not None:
+            files["robustness_png"] = robust
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m cloak.evaluation.report RESULTS.json [OUT_DIR]``: rewrites a run's tables and plots."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("out_dir", type=Path, nargs="?", help="default: the results file's folder")
+    parser.add_argument("--metrics", nargs="*", default=["knn1", "logreg"])
+    parser.add_argument("--tradeoff-transforms", nargs="*", default=["none", "social"])
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    write_report(results, args.out_dir or args.results.parent, metrics=args.metrics, tradeoff_transforms=args.tradeoff_transforms)
+
+
+if __name__ == "__main__":
+    main()

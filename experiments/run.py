@@ -1,0 +1,93 @@
+"""``python -m experiments.run [experiment=...] [overrides]``: a thin Hydra entry around :func:`run`.
+
+Examples (from the repository root)::
+
+    uv run python -m experiments.run                              # the headline protection table
+    uv run python -m experiments.run experiment=strength_sweep     # quality-protection trade-off
+    uv run python -m experiments.run experiment=robustness_sweep   # JPEG / downscale robustness
+    uv run python -m experiments.run --multirun strength=low,mid,high data.n_users=3
+
+Configs: ``configs/evaluate.yaml`` and ``configs/experiment/``. See ``experiments/README.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from cloak.config import config_dir
+from cloak.evaluation.experiment import DatasetError, ExperimentResults, run_experiment
+from cloak.evaluation.report import write_report
+
+log = logging.getLogger("experiments")
+
+
+def _in_hydra() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path; a relative one is taken from the directory the command was run in."""
+    path = Path(str(path)).expanduser()
+    if path.is_absolute():
+        return path
+    base = Path(hydra.utils.get_original_cwd()) if _in_hydra() else Path.cwd()
+    return (base / path).resolve()
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """``cfg.output_dir`` if set, else Hydra's run folder (when run by Hydra)."""
+    if cfg.get("output_dir"):
+        return resolve_path(cfg.output_dir)
+    if _in_hydra():
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise ValueError("output_dir is not set and no Hydra run folder exists; pass output_dir=<folder>")
+
+
+def run(cfg: DictConfig) -> ExperimentResults:
+    """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
+
+    Results are rewritten after each setting, so a long sweep leaves partial
+    results behind if it is stopped.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too
+            small data folder (with what was expected and how to set ``data.root``).
+    """
+    out = output_dir(cfg)
+    root = resolve_path(cfg.data.root)
+    report = cfg.get("report") or {}
+    plots = bool(report.get("plots", True))
+    metrics = list(report.get("metrics") or []) or None
+    tradeoff = list(report.get("tradeoff_transforms") or []) or None
+
+    def save(results: ExperimentResults, final: bool = False) -> None:
+        files = write_report(results, out, plots=plots and final, tradeoff_transforms=tradeoff, metrics=metrics)
+        if final:
+            log.info("Wrote %s", ", ".join(str(p) for p in files.values()))
+
+    cache = resolve_path(cfg.cache_dir) if cfg.get("cache_dir") else None
+    results = run_experiment(cfg, root, config_dir(), cache_dir=cache, on_setting=save)
+    save(results, final=True)
+    return results
+
+
+@hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (FileNotFoundError, NotADirectoryError, DatasetError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
