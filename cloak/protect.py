@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cloak import imageio
 from cloak.alignment import align_faces
 from cloak.attacks import Attack, PhotoFaces, photo_seed
 from cloak.detection import Face, FaceDetector
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
+from cloak.imageio import to_uint8
 from cloak.quality import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,8 @@ class Protected:
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in ``[0, 1]``."""
-    return torch.tensor(np.asarray(image), dtype=torch.uint8).permute(2, 0, 1).to(device=device, dtype=torch.float32) / 255.0
-
-
-def to_uint8(photo: torch.Tensor) -> np.ndarray:
-    """``[3, H, W]`` in ``[0, 1]`` -> ``[H, W, 3]`` uint8, rounding to nearest."""
-    return (photo.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in ``[0, 1]`` on ``device``."""
+    return imageio.to_tensor(np.asarray(image)).to(device)
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int = REPORT_JPEG_QUALITY) -> np.ndarray:
