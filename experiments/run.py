@@ -62,6 +62,10 @@ def run(cfg: DictConfig) -> ExperimentResults:
         FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too
             small data folder (with what was expected and how to set ``data.root``).
     """
+    if cfg.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.torch_threads))
     out = output_dir(cfg)
     root = resolve_path(cfg.data.root)
     report = cfg.get("report") or {}
