@@ -55,8 +55,8 @@ def output_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> ExperimentResults:
     """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
 
-    Results are rewritten after each setting, so a long sweep leaves partial
-    results behind if it is stopped.
+    Results (without plots) are rewritten after each transform of each setting,
+    so a long sweep leaves partial results behind if it is stopped.
 
     Raises:
         FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too

@@ -267,6 +267,9 @@ def test_too_few_identities_gives_a_clear_error(tmp_path):
         load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1", "data.min_photos=13"), tmp_path)
     photos = load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1"), tmp_path)
     assert len(photos.shared_paths) == 8 and len(photos.probe_paths) == 4 and len(photos.distractor_paths) == 15
+    capped = load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1", "data.max_photos_per_user=5"), tmp_path)
+    assert len(capped.shared_paths) == 4 and len(capped.probe_paths) == 1
+    assert set(capped.shared_paths) <= set(photos.shared_paths) and set(capped.probe_paths) <= set(photos.probe_paths)
 
 
 def test_command_line_reports_a_missing_data_root(tmp_path):
@@ -371,7 +374,7 @@ def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
 
 
 def test_protection_experiment_smoke(lfw_dev, tmp_path):
-    """End to end on 2 users, 2 attack steps, 3 distractor identities, two transforms."""
+    """End to end on 2 users of 6 photos, 2 attack steps, 2 distractor identities, two transforms."""
     from cloak.detection import FaceDetector
     from cloak.evaluation.experiment import read_photo
     from cloak.evaluation.pipelines import ModelPipeline
@@ -380,7 +383,8 @@ def test_protection_experiment_smoke(lfw_dev, tmp_path):
     from experiments.run import run
 
     cfg = _cfg(
-        f"data.root={lfw_dev}", "data.n_users=2", "data.max_distractors=3", "strength.steps=2", "device=cpu",
+        f"data.root={lfw_dev}", "data.n_users=2", "data.max_photos_per_user=6", "data.max_distractors=2",
+        "strength.steps=2", "device=cpu",
         "trackers=[dlib_resnet]", "platform.transforms=[none,jpeg75]", f"output_dir={tmp_path}",
     )
     res = run(cfg)

@@ -535,6 +535,19 @@ def load_photos(cfg: DictConfig, root: Path) -> _Photos:
         raise type(err)(f"{err}{hint}") from err
     except ValueError as err:
         raise DatasetError(f"{err}{hint}; the protocol needs {n_users} users and at least one other identity") from err
+    per_user = data.get("max_photos_per_user")
+    if per_user is not None:
+        # Keep the split's proportions: the first shared and clean photos of each user.
+        per_user = int(per_user)
+        if per_user < 2:
+            raise DatasetError(f"data.max_photos_per_user must be >= 2 (a shared and a clean photo), got {per_user}")
+        n_shared = min(per_user - 1, max(1, int(np.floor(float(data.shared_fraction) * per_user + 0.5))))
+        split = UserSplit(
+            users=split.users,
+            shared={u: split.shared[u][:n_shared] for u in split.users},
+            clean={u: split.clean[u][: per_user - n_shared] for u in split.users},
+            others=split.others,
+        )
     others = sorted(split.others)
     cap = data.get("max_distractors")
     if cap is not None and len(others) > int(cap):
@@ -686,7 +699,7 @@ def run_experiment(
         config_root: the ``configs/`` folder sweep entries read config groups from.
         cache_dir: a folder to keep the clean photos' embeddings in between runs
             (:class:`EmbeddingCache`); None keeps them in memory only.
-        on_setting: called with the results so far after each setting (to save partial results).
+        on_setting: called with the results so far after each transform of each setting (to save partial results).
 
     Returns:
         The measurements.
@@ -850,10 +863,10 @@ def run_experiment(
                 for t in embed.trackers
             )
             log.info("  [%s] %s protection (cloak/none/noise) %s", transform, METRIC_NAMES.get(metrics[0], metrics[0]), line)
+            if on_setting is not None:
+                results.seconds = time.perf_counter() - started
+                on_setting(results)
         for k in [k for k in shared_cache if k[0].startswith("cloak:")]:
             del shared_cache[k]
-        results.seconds = time.perf_counter() - started
-        if on_setting is not None:
-            on_setting(results)
     results.seconds = time.perf_counter() - started
     return results
