@@ -89,7 +89,7 @@ def _area_reduce(images: torch.Tensor, crop_to_image: torch.Tensor) -> tuple[tor
     only perturb those). Uses the largest integer factor below the scale.
     """
     scale = torch.linalg.det(crop_to_image[:, :, :2]).abs().sqrt().min().item()
-    k = int(math.floor(scale))
+    k = math.floor(scale)
     if k < 2:
         return images, crop_to_image
     pooled = F.avg_pool2d(images, kernel_size=k, stride=k, ceil_mode=True, count_include_pad=False)
@@ -142,9 +142,7 @@ def warp_crops(
     xy = apply_affine(crop_to_image, grid_uv)
     # grid_sample (align_corners=False) puts -1 and 1 on the outer edges of the border pixels.
     norm = torch.stack([(2 * xy[..., 0] + 1) / W - 1, (2 * xy[..., 1] + 1) / H - 1], dim=-1)
-    return F.grid_sample(
-        images, norm.reshape(-1, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    return F.grid_sample(images, norm.reshape(-1, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def align_faces(

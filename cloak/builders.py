@@ -30,7 +30,9 @@ class Parts:
     attack: Attack | None = None
 
 
-def build_from_config(cfg: DictConfig, need_model: bool = True, need_detector: bool = True, need_attack: bool = True) -> Parts:
+def build_from_config(
+    cfg: DictConfig, need_model: bool = True, need_detector: bool = True, need_attack: bool = True
+) -> Parts:
     """Instantiates the model (on the run's device, eval mode), detector and attack of ``cfg``."""
     device = resolve_device(cfg.device)
     parts = Parts(device=device)

@@ -83,9 +83,7 @@ logger = logging.getLogger(__name__)
 MAX_PIXELS: int = 100_000_000
 """Default limit on ``width * height`` for :func:`load_photo` (100 megapixels)."""
 
-PHOTO_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-)
+PHOTO_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 """File extensions (lower case) that :func:`find_photos` treats as photos."""
 
 OUTPUT_SUFFIX: str = "_cloaked"
@@ -177,9 +175,7 @@ class PhotoTooLargeError(CloakIOError):
         max_pixels: the limit it exceeded.
     """
 
-    def __init__(
-        self, message: str, path: str | os.PathLike[str], pixels: int, max_pixels: int
-    ) -> None:
+    def __init__(self, message: str, path: str | os.PathLike[str], pixels: int, max_pixels: int) -> None:
         super().__init__(message, path)
         self.pixels = pixels
         self.max_pixels = max_pixels
@@ -280,9 +276,7 @@ def find_photos(
     return PhotoListing(photos=photos, skipped=skipped)
 
 
-def resolve_output_dir(
-    input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def resolve_output_dir(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where the cloaked copies go, checked so that they cannot mix with the originals.
 
     The default is ``<folder>_cloaked`` beside the input folder: ``photos/`` gives
@@ -476,9 +470,7 @@ def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = MAX_PIX
     return _read_photo(path, path, max_pixels)
 
 
-def _read_photo(
-    source: Path | IO[bytes], path: Path, max_pixels: int | None, *, quiet: bool = False
-) -> LoadedPhoto:
+def _read_photo(source: Path | IO[bytes], path: Path, max_pixels: int | None, *, quiet: bool = False) -> LoadedPhoto:
     """:func:`load_photo` for a file or an in-memory stream; ``path`` names it in errors."""
     try:
         with _pil_pixel_limit(max_pixels), Image.open(source) as image:
@@ -491,7 +483,7 @@ def _read_photo(
         assert max_pixels is not None  # Pillow's limit is lifted otherwise
         try:
             width, height = _header_size(source)
-        except Exception:  # noqa: BLE001 - the size is only for the message
+        except Exception:
             raise PhotoTooLargeError(
                 f"{path}: {exc} It is over the limit of {max_pixels:,} pixels; if you "
                 "trust this photo, raise the limit (max_pixels).",
@@ -556,9 +548,7 @@ def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> 
         raise _too_large(path, width, height, max_pixels)
 
 
-def _decode(
-    image: Image.Image, source: Path | IO[bytes], path: Path, *, quiet: bool = False
-) -> LoadedPhoto:
+def _decode(image: Image.Image, source: Path | IO[bytes], path: Path, *, quiet: bool = False) -> LoadedPhoto:
     """Decodes an opened image into a :class:`LoadedPhoto`; ``quiet`` skips the warnings."""
     image.load()
     mode = image.mode
@@ -615,7 +605,7 @@ def _apply_orientation(image: Image.Image, path: Path) -> int:
     try:
         orientation = image.getexif().get(_ORIENTATION, 1)
         ImageOps.exif_transpose(image, in_place=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable EXIF must not lose the photo
+    except Exception as exc:
         logger.warning("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
         return 1
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
@@ -691,7 +681,7 @@ def _read_metadata(image: Image.Image, fmt: str, path: Path) -> PhotoMetadata:
     exif: bytes | None = None
     try:
         exif = _clean_exif(image.getexif(), tiff=fmt == "TIFF")
-    except Exception as exc:  # noqa: BLE001 - unreadable EXIF must not lose the photo
+    except Exception as exc:
         logger.warning("%s: cannot read its EXIF (%s); it will not be kept", path, exc)
 
     png_text: tuple[tuple[str, str], ...] = ()
@@ -700,9 +690,7 @@ def _read_metadata(image: Image.Image, fmt: str, path: Path) -> PhotoMetadata:
         # exif_transpose updated the XMP in ``info``, not in ``text``; EXIF goes in eXIf.
         text = getattr(image, "text", {}) or {}
         png_text = tuple(
-            (key, image.info.get(key, value))
-            for key, value in text.items()
-            if not key.startswith("Raw profile type")
+            (key, image.info.get(key, value)) for key, value in text.items() if not key.startswith("Raw profile type")
         )
     else:
         raw_xmp = image.info.get("xmp")
@@ -789,12 +777,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     Raises:
         ValueError: ``rgb`` is not a ``[H, W, 3]`` uint8 array.
     """
-    if (
-        not isinstance(rgb, np.ndarray)
-        or rgb.dtype != np.uint8
-        or rgb.ndim != 3
-        or rgb.shape[2] != 3
-    ):
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected a [H, W, 3] uint8 array, got {_describe(rgb)}")
     return torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
@@ -873,9 +856,7 @@ def save_photo(
     dest = Path(dest)
     _refuse_original(loaded, dest)
     image = _output_image(pixels, loaded)
-    params = _encoder_params(
-        loaded, image.mode, metadata, jpeg_quality, jpeg_subsampling, webp_quality
-    )
+    params = _encoder_params(loaded, image.mode, metadata, jpeg_quality, jpeg_subsampling, webp_quality)
 
     def write(file: IO[bytes]) -> None:
         image.save(file, format=loaded.format, **params)
@@ -935,9 +916,7 @@ def copy_unchanged(
     try:
         original = loaded.path.read_bytes()
     except OSError as exc:
-        raise UnreadablePhotoError(
-            f"{loaded.path}: cannot read it again ({exc})", loaded.path
-        ) from exc
+        raise UnreadablePhotoError(f"{loaded.path}: cannot read it again ({exc})", loaded.path) from exc
 
     data = original if metadata == "keep" else _stripped_bytes(original, loaded)
     if data is None:
@@ -994,9 +973,7 @@ def write_bytes(data: bytes, dest: str | os.PathLike[str], *, overwrite: bool = 
     return dest
 
 
-def _check_save_options(
-    jpeg_quality: int, jpeg_subsampling: str | int, webp_quality: int, metadata: str
-) -> None:
+def _check_save_options(jpeg_quality: int, jpeg_subsampling: str | int, webp_quality: int, metadata: str) -> None:
     if metadata not in ("strip", "keep"):
         raise ValueError(f'metadata must be "strip" or "keep", got {metadata!r}')
     if not 1 <= jpeg_quality <= 100:
@@ -1004,23 +981,14 @@ def _check_save_options(
     if not 1 <= webp_quality <= 100:
         raise ValueError(f"webp_quality must be in 1..100, got {webp_quality}")
     if jpeg_subsampling not in _SUBSAMPLING:
-        raise ValueError(
-            f'jpeg_subsampling must be "4:4:4", "4:2:2" or "4:2:0", got {jpeg_subsampling!r}'
-        )
+        raise ValueError(f'jpeg_subsampling must be "4:4:4", "4:2:2" or "4:2:0", got {jpeg_subsampling!r}')
 
 
 def _as_uint8_hwc(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(rgb, torch.Tensor):
         return to_uint8(rgb)
-    if (
-        not isinstance(rgb, np.ndarray)
-        or rgb.dtype != np.uint8
-        or rgb.ndim != 3
-        or rgb.shape[2] != 3
-    ):
-        raise ValueError(
-            f"expected a [H, W, 3] uint8 array or a [3, H, W] tensor, got {_describe(rgb)}"
-        )
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a [H, W, 3] uint8 array or a [3, H, W] tensor, got {_describe(rgb)}")
     return np.ascontiguousarray(rgb)
 
 
@@ -1240,9 +1208,7 @@ def _stripped_bytes(data: bytes, loaded: LoadedPhoto) -> bytes | None:
         logger.warning("%s: cannot strip its metadata in place (%s); re-encoding", loaded.path, exc)
         return None
     if not _decodes_like(stripped, loaded):
-        logger.warning(
-            "%s: the stripped copy does not decode identically; re-encoding", loaded.path
-        )
+        logger.warning("%s: the stripped copy does not decode identically; re-encoding", loaded.path)
         return None
     return stripped
 
@@ -1338,9 +1304,7 @@ def _kept_jpeg_segment(marker: int, payload: bytes) -> bytes | None:
     if marker == 0xE0 and payload.startswith(b"JFIF\x00") and len(payload) >= 14:
         header = payload[:12] + b"\x00\x00"  # version, units, density; no thumbnail
         return b"\xff\xe0" + (len(header) + 2).to_bytes(2, "big") + header
-    if (marker == 0xE2 and payload.startswith(b"ICC_PROFILE\x00")) or (
-        marker == 0xEE and payload.startswith(b"Adobe")
-    ):
+    if (marker == 0xE2 and payload.startswith(b"ICC_PROFILE\x00")) or (marker == 0xEE and payload.startswith(b"Adobe")):
         return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
     return None  # EXIF, XMP (APP1), MPF (APP2), IPTC/Photoshop (APP13), others
 

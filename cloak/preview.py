@@ -15,7 +15,9 @@ def side_by_side(original: np.ndarray, cloaked: np.ndarray, amplify: float = 10.
         gap: white pixels between panels.
     """
     if original.shape != cloaked.shape or original.ndim != 3:
-        raise ValueError(f"original and cloaked must be the same [H, W, 3] shape, got {original.shape} and {cloaked.shape}")
+        raise ValueError(
+            f"original and cloaked must be the same [H, W, 3] shape, got {original.shape} and {cloaked.shape}"
+        )
     diff = cloaked.astype(np.float32) - original.astype(np.float32)
     amplified = np.clip(127.5 + amplify * diff, 0, 255).round().astype(np.uint8)
     spacer = np.full((original.shape[0], gap, 3), 255, np.uint8)

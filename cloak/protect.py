@@ -22,9 +22,9 @@ from cloak import imageio
 from cloak.alignment import align_faces
 from cloak.attacks import Attack, PhotoFaces, photo_seed
 from cloak.detection import Face, FaceDetector
+from cloak.imageio import to_uint8
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
-from cloak.imageio import to_uint8
 from cloak.quality import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,12 @@ def protect(
     for i, p in enumerate(photos):
         if not (isinstance(p, np.ndarray) and p.ndim == 3 and p.shape[2] == 3 and p.dtype == np.uint8):
             raise ValueError(f"image {i} must be an [H, W, 3] uint8 RGB array, got {getattr(p, 'shape', type(p))}")
-    parts = build(list(overrides) + [f"device={device}"], need_attack=attack is None, need_model=model is None,
-                  need_detector=detector is None)
+    parts = build(
+        [*overrides, f"device={device}"],
+        need_attack=attack is None,
+        need_model=model is None,
+        need_detector=detector is None,
+    )
     attack, model, detector = attack or parts.attack, model or parts.model, detector or parts.detector
     torch_device = parts.device
     model = model.to(torch_device)

@@ -90,11 +90,18 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
     parts = build_from_config(cfg)
     log.info(
         "Cloaking %d photo(s) from %s into %s (attack=%s, %d steps, eps=%s/255, device=%s)",
-        len(listing.photos), source, output, parts.attack.name, parts.attack.steps,
-        cfg.strength.eps, parts.device,
+        len(listing.photos),
+        source,
+        output,
+        parts.attack.name,
+        parts.attack.steps,
+        cfg.strength.eps,
+        parts.device,
     )
     outcome, pending = Outcome(), []
-    save_kw = dict(jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata))
+    save_kw = dict(
+        jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata)
+    )
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
     for path in bar:
         rel = path.relative_to(root)
@@ -112,7 +119,9 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
         if not faces:
             outcome.no_face.append(str(rel))
             if cfg.no_face == "copy":
-                _guard(outcome, rel, lambda: imageio.copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
+                _guard(
+                    outcome, rel, lambda: imageio.copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw)
+                )
             continue
         pending.append(Pending(path, dest, loaded, faces))
         if len(pending) >= int(cfg.batch_size):
@@ -137,22 +146,35 @@ def _guard(outcome: Outcome, rel: Path, action) -> bool:
         return False
 
 
-def _cloak_batch(pending: list[Pending], parts, cfg, output: Path, root: Path, preview: bool, save_kw, outcome: Outcome, bar) -> None:
+def _cloak_batch(
+    pending: list[Pending], parts, cfg, output: Path, root: Path, preview: bool, save_kw, outcome: Outcome, bar
+) -> None:
     n_faces = sum(len(p.faces) for p in pending)
     bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
     steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
     cloaked = cloak_photos(
-        [p.loaded.rgb for p in pending], [p.faces for p in pending], parts.attack, parts.model, parts.device, steps.update
+        [p.loaded.rgb for p in pending],
+        [p.faces for p in pending],
+        parts.attack,
+        parts.model,
+        parts.device,
+        steps.update,
     )
     steps.close()
     for p, image in zip(pending, cloaked):
         rel = p.path.relative_to(root)
-        if not _guard(outcome, rel, lambda: imageio.save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)):
+        if not _guard(
+            outcome, rel, lambda: imageio.save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
+        ):
             continue
         outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
         if preview:
             png = output / PREVIEW_DIR / rel.with_suffix(".png")
-            _guard(outcome, rel, lambda: imageio.write_png(side_by_side(p.loaded.rgb, image), png, overwrite=bool(cfg.overwrite)))
+            _guard(
+                outcome,
+                rel,
+                lambda: imageio.write_png(side_by_side(p.loaded.rgb, image), png, overwrite=bool(cfg.overwrite)),
+            )
 
 
 def _write_report(output: Path, outcome: Outcome, cfg: DictConfig) -> None:
@@ -196,12 +218,19 @@ def _summarise(outcome: Outcome, output: Path) -> None:
                 beyond = np.mean([f.distance_jpeg75[m] > thr for f in faces])
                 log.info(
                     "%s: %.0f%% of %d cloaked face(s) stay beyond its same-person threshold (%.2f) after JPEG q75",
-                    m, 100 * beyond, len(faces), thr,
+                    m,
+                    100 * beyond,
+                    len(faces),
+                    thr,
                 )
     if outcome.no_face:
         log.info("%d photo(s) had no face: %s", len(outcome.no_face), ", ".join(outcome.no_face))
     if outcome.skipped_done:
-        log.info("%d photo(s) already cloaked in %s were skipped (overwrite=true redoes them)", len(outcome.skipped_done), output)
+        log.info(
+            "%d photo(s) already cloaked in %s were skipped (overwrite=true redoes them)",
+            len(outcome.skipped_done),
+            output,
+        )
     for rel, err in outcome.failed.items():
         log.error("FAILED %s: %s", rel, err)
     log.info("Cloaked %d photo(s) -> %s (report: %s)", len(outcome.cloaked), output, output / REPORT_NAME)

@@ -42,6 +42,11 @@ def resize_round_trip(image: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def gaussian_kernel_size(sigma: float) -> int:
+    """The odd kernel size that covers +-3 sigma (at least 3)."""
+    return 2 * max(1, round(3 * sigma)) + 1
+
+
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur with a kernel of about 3 sigma each side.
 
@@ -49,7 +54,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
         - image: :math:`(B, C, H, W)`
         - Output: :math:`(B, C, H, W)`
     """
-    k = 2 * max(1, int(round(3 * sigma))) + 1
+    k = gaussian_kernel_size(sigma)
     return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma))
 
 
@@ -97,12 +102,16 @@ class RobustTransform(nn.Module):
         for name, prob in [("jpeg_prob", jpeg_prob), ("resize_prob", resize_prob), ("blur_prob", blur_prob)]:
             if not 0 <= prob <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {prob}")
-        for name, (lo, hi) in [("jpeg_quality", jpeg_quality), ("resize_scale", resize_scale), ("blur_sigma", blur_sigma)]:
+        for name, (lo, hi) in [
+            ("jpeg_quality", jpeg_quality),
+            ("resize_scale", resize_scale),
+            ("blur_sigma", blur_sigma),
+        ]:
             if lo > hi:
                 raise ValueError(f"{name} range must be (low, high), got ({lo}, {hi})")
-        if not (1 <= jpeg_quality[0] and jpeg_quality[1] <= 100):
+        if not (jpeg_quality[0] >= 1 and jpeg_quality[1] <= 100):
             raise ValueError(f"jpeg_quality must lie in [1, 100], got {tuple(jpeg_quality)}")
-        if not (0 < resize_scale[0] and resize_scale[1] <= 1):
+        if not (resize_scale[0] > 0 and resize_scale[1] <= 1):
             raise ValueError(f"resize_scale must lie in (0, 1], got {tuple(resize_scale)}")
         self.jpeg_prob, self.jpeg_quality = float(jpeg_prob), tuple(map(float, jpeg_quality))
         self.resize_prob, self.resize_scale = float(resize_prob), tuple(map(float, resize_scale))

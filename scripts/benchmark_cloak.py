@@ -51,7 +51,9 @@ def main() -> None:
     start = time.perf_counter()
     cloaked = []
     for i in range(0, len(photos), args.batch):
-        cloaked += cloak_photos(photos[i : i + args.batch], faces[i : i + args.batch], parts.attack, parts.model, parts.device)
+        cloaked += cloak_photos(
+            photos[i : i + args.batch], faces[i : i + args.batch], parts.attack, parts.model, parts.device
+        )
     seconds = time.perf_counter() - start
 
     from cloak.models.dlib_resnet import load_dlib_resnet
@@ -71,13 +73,25 @@ def main() -> None:
         for name, v in variants.items():
             rows[name].append(measure(p, v, f, dlib, parts.device).faces[0].distance["dlib_resnet"])
     n = len(photos)
-    log.info("attack=%s steps=%d eps=%.1f/255 transform=%s: %d faces", parts.attack.name, parts.attack.steps,
-             parts.attack.eps * 255, type(parts.attack.transform).__name__ if parts.attack.transform else None, n)
+    log.info(
+        "attack=%s steps=%d eps=%.1f/255 transform=%s: %d faces",
+        parts.attack.name,
+        parts.attack.steps,
+        parts.attack.eps * 255,
+        type(parts.attack.transform).__name__ if parts.attack.transform else None,
+        n,
+    )
     log.info("time: %.2f s per face, %.3f s per step per face", seconds / n, seconds / n / max(1, parts.attack.steps))
     log.info("SSIM: mean %.4f, min %.4f", np.mean(ssims), np.min(ssims))
     for name, d in rows.items():
         d = np.array(d)
-        log.info("dlib distance after %-15s mean %.3f, median %.3f, beyond 0.6: %.1f%%", name, d.mean(), np.median(d), 100 * (d > 0.6).mean())
+        log.info(
+            "dlib distance after %-15s mean %.3f, median %.3f, beyond 0.6: %.1f%%",
+            name,
+            d.mean(),
+            np.median(d),
+            100 * (d > 0.6).mean(),
+        )
 
 
 if __name__ == "__main__":

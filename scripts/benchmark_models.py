@@ -49,7 +49,9 @@ def main() -> None:
         mean, n = alignment_agreement(model, args.lfw, limit=args.agreement_faces)
         log.info("alignment agreement with dlib's pipeline: mean cosine %.4f over %d faces", mean, n)
         auc, pairs = verification_auc(model, args.lfw, identities=args.identities)
-        log.info("verification ROC AUC over %d identities: %.4f (%d same / %d different pairs)", args.identities, auc, *pairs)
+        log.info(
+            "verification ROC AUC over %d identities: %.4f (%d same / %d different pairs)", args.identities, auc, *pairs
+        )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def dlib_chip_landmarks(photo: np.ndarray, detector: FaceDetector, dlib_parts) -
     return faces[0].landmarks if len(faces) == 1 else None
 
 
-def facenet_crop_landmarks(photo: np.ndarray, detector: FaceDetector, size: int = 160, margin: float = 32) -> np.ndarray | None:
+def facenet_crop_landmarks(
+    photo: np.ndarray, detector: FaceDetector, size: int = 160, margin: float = 32
+) -> np.ndarray | None:
     faces = detector.detect(photo)
     if len(faces) != 1:
         return None
@@ -68,7 +70,11 @@ def main() -> None:
     import face_recognition_models
 
     models = Path(face_recognition_models.__file__).parent / "models"
-    dlib_parts = (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")))
+    dlib_parts = (
+        dlib,
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
+    )
     detector = FaceDetector(device="cpu", min_score=0.95)
 
     dlib_pts, facenet_pts = [], []
@@ -80,7 +86,9 @@ def main() -> None:
             facenet_pts.append(lm)
     for name, pts in [("dlib_resnet (150x150)", dlib_pts), ("facenet (160x160)", facenet_pts)]:
         pts = np.stack(pts)
-        log.info("%s template from %d faces (std in px per point: %s):", name, len(pts), np.round(pts.std(0).mean(1), 2))
+        log.info(
+            "%s template from %d faces (std in px per point: %s):", name, len(pts), np.round(pts.std(0).mean(1), 2)
+        )
         log.info("%s", np.array2string(pts.mean(0), precision=2, separator=", "))
 
 

@@ -85,7 +85,10 @@ def synthetic_photo(seed: int, size: tuple[int, int] = (64, 72), dtype=None):
     h, w = size
     photo = torch.rand(3, h, w, generator=g, dtype=torch.float64)
     template = torch.tensor([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]], dtype=torch.float64)
-    offset = torch.tensor([10.0 + 10 * float(torch.rand(1, generator=g)), 12.0 + 8 * float(torch.rand(1, generator=g))], dtype=torch.float64)
+    offset = torch.tensor(
+        [10.0 + 10 * float(torch.rand(1, generator=g)), 12.0 + 8 * float(torch.rand(1, generator=g))],
+        dtype=torch.float64,
+    )
     landmarks = (template * 1.5 + offset).unsqueeze(0)
     if dtype is not None:
         photo, landmarks = photo.to(dtype), landmarks.to(dtype)

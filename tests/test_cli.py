@@ -17,7 +17,11 @@ FAST = ["strength.steps=2", "device=cpu"]
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -71,7 +75,9 @@ def test_rerun_skips_done_photos_and_overwrite_redoes_them(photos):
     out = photos.parent / "photos_cloaked"
     first = _digest(out)
     _run(f"input={photos}")
-    assert {k: v for k, v in _digest(out).items() if k != "report.json"} == {k: v for k, v in first.items() if k != "report.json"}
+    assert {k: v for k, v in _digest(out).items() if k != "report.json"} == {
+        k: v for k, v in first.items() if k != "report.json"
+    }
     _run(f"input={photos}", "overwrite=true", "seed=1")
     assert _digest(out)["trip/me.jpg"] != first["trip/me.jpg"]
 

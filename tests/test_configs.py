@@ -57,4 +57,6 @@ def test_wheel_ships_the_configs(tmp_path):
     [wheel] = tmp_path.glob("cloak-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in config_dir().rglob("*.yaml"):
-        assert f"cloak/configs/{path.relative_to(config_dir()).as_posix()}" in names, f"{path.name} missing from the wheel"
+        assert f"cloak/configs/{path.relative_to(config_dir()).as_posix()}" in names, (
+            f"{path.name} missing from the wheel"
+        )

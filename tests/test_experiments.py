@@ -79,7 +79,11 @@ class _Square:
 
 def _face(offset=(30.0, 30.0)) -> Face:
     lm = np.array([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]]) * 1.5 + np.array(offset)
-    return Face(box=np.array([lm[:, 0].min() - 5, lm[:, 1].min() - 5, lm[:, 0].max() + 5, lm[:, 1].max() + 5]), score=0.99, landmarks=lm)
+    return Face(
+        box=np.array([lm[:, 0].min() - 5, lm[:, 1].min() - 5, lm[:, 0].max() + 5, lm[:, 1].max() + 5]),
+        score=0.99,
+        landmarks=lm,
+    )
 
 
 @pytest.mark.parametrize("kind", ["sign", "uniform"])
@@ -274,8 +278,17 @@ def test_too_few_identities_gives_a_clear_error(tmp_path):
 
 def test_command_line_reports_a_missing_data_root(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.run", f"data.root={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            f"data.root={tmp_path / 'nothing'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stdout + proc.stderr
@@ -288,9 +301,15 @@ def test_command_line_reports_a_missing_data_root(tmp_path):
 
 def _fake_results() -> ExperimentResults:
     res = ExperimentResults(
-        experiment="fake", data={"root": "/x", "users": ["u"], "n_shared": 7, "n_probes": 3},
-        cloak_models=["dlib_resnet"], trackers=["dlib_resnet"], skipped_trackers={"facenet_casia": "no weights"},
-        transforms=["none", "jpeg75", "down0.5"], tracker_side_transforms=[], metrics=["knn1", "rank1"], noise="sign",
+        experiment="fake",
+        data={"root": "/x", "users": ["u"], "n_shared": 7, "n_probes": 3},
+        cloak_models=["dlib_resnet"],
+        trackers=["dlib_resnet"],
+        skipped_trackers={"facenet_casia": "no weights"},
+        transforms=["none", "jpeg75", "down0.5"],
+        tracker_side_transforms=[],
+        metrics=["knn1", "rank1"],
+        noise="sign",
     )
     values = {"cloak": 0.9, "none": 0.1, "noise": 0.2}
     for label, eps, drop in (("a", 4.0, 0.0), ("b", 8.0, 0.05)):
@@ -301,8 +320,22 @@ def _fake_results() -> ExperimentResults:
             for condition, v in values.items():
                 for metric in res.metrics:
                     p = v - 0.1 * k if condition == "cloak" else v
-                    res.protection.append(ProtectionRow(label, "dlib_resnet", "same", transform, False, condition, metric,
-                                                        p + drop, {"u": p + drop}, 3, 0, 0))
+                    res.protection.append(
+                        ProtectionRow(
+                            label,
+                            "dlib_resnet",
+                            "same",
+                            transform,
+                            False,
+                            condition,
+                            metric,
+                            p + drop,
+                            {"u": p + drop},
+                            3,
+                            0,
+                            0,
+                        )
+                    )
     return res
 
 
@@ -310,7 +343,19 @@ def test_headline_table_on_fake_numbers():
     header, rows = headline_rows(_fake_results(), "a")
     assert header[:5] == ["tracker", "transform", "cloak 1-NN", "cloak rank-1", "no cloak 1-NN"]
     assert header[-3:] == ["SSIM", "DSSIM", "PSNR (dB)"]
-    assert rows[0] == ["dlib_resnet (same)", "none", "90%", "90%", "10%", "10%", "20%", "20%", "0.990", "0.0050", "40.0"]
+    assert rows[0] == [
+        "dlib_resnet (same)",
+        "none",
+        "90%",
+        "90%",
+        "10%",
+        "10%",
+        "20%",
+        "20%",
+        "0.990",
+        "0.0050",
+        "40.0",
+    ]
     assert rows[2][:4] == ["dlib_resnet (same)", "down0.5", "70%", "70%"]
     assert len(rows) == 3
 
@@ -331,14 +376,24 @@ def test_matrix_table_and_markdown_format():
 
 def test_plot_axes():
     assert jpeg_axis("none") == 100 and jpeg_axis("jpeg75") == 75 and jpeg_axis("down0.5") is None
-    assert downscale_axis("none") == 1 and downscale_axis("down0.25") == 0.25 and downscale_axis("jpeg75+down0.5") is None
+    assert (
+        downscale_axis("none") == 1 and downscale_axis("down0.25") == 0.25 and downscale_axis("jpeg75+down0.5") is None
+    )
 
 
 def test_write_report_writes_every_file(tmp_path):
     res = _fake_results()
     res.quality[0].psnr = float("inf")
     files = write_report(res, tmp_path)
-    for key in ("json", "protection_csv", "quality_csv", "markdown", "protection_png", "tradeoff_png", "robustness_png"):
+    for key in (
+        "json",
+        "protection_csv",
+        "quality_csv",
+        "markdown",
+        "protection_png",
+        "tradeoff_png",
+        "robustness_png",
+    ):
         assert files[key].is_file() and files[key].stat().st_size > 0, key
     data = json.loads(files["json"].read_text())
     assert data["quality"][0]["psnr"] is None
@@ -359,8 +414,8 @@ def test_write_report_writes_every_file(tmp_path):
 def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
     pytest.importorskip("dlib")
     from cloak.detection import FaceDetector
-    from cloak.evaluation.pipelines import DlibPipeline, ModelPipeline
     from cloak.evaluation.experiment import read_photo
+    from cloak.evaluation.pipelines import DlibPipeline, ModelPipeline
     from cloak.models.dlib_resnet import load_dlib_resnet
 
     paths = [sorted(p.glob("*.jpg"))[0] for p in sorted(lfw_dev.iterdir())[:4]]
@@ -383,9 +438,15 @@ def test_protection_experiment_smoke(lfw_dev, tmp_path):
     from experiments.run import run
 
     cfg = _cfg(
-        f"data.root={lfw_dev}", "data.n_users=2", "data.max_photos_per_user=6", "data.max_distractors=2",
-        "strength.steps=2", "device=cpu",
-        "trackers=[dlib_resnet]", "platform.transforms=[none,jpeg75]", f"output_dir={tmp_path}",
+        f"data.root={lfw_dev}",
+        "data.n_users=2",
+        "data.max_photos_per_user=6",
+        "data.max_distractors=2",
+        "strength.steps=2",
+        "device=cpu",
+        "trackers=[dlib_resnet]",
+        "platform.transforms=[none,jpeg75]",
+        f"output_dir={tmp_path}",
     )
     res = run(cfg)
     for name in ("results.json", "protection.csv", "quality.csv", "report.md", "protection.png", "robustness.png"):
@@ -405,7 +466,10 @@ def test_protection_experiment_smoke(lfw_dev, tmp_path):
     test = pipe.embed([read_photo(p) for p in photos.probe_paths])["dlib_resnet"]
     for metric in ("knn1", "logreg"):
         correct = np.zeros(len(test), bool)
-        correct[test.found] = fit_predict(train.emb[train.found], train_labels[train.found], test.emb[test.found], metric) == photos.probe_labels[test.found]
+        correct[test.found] = (
+            fit_predict(train.emb[train.found], train_labels[train.found], test.emb[test.found], metric)
+            == photos.probe_labels[test.found]
+        )
         clean_error = 1 - correct.mean()
         setting = res.settings[0].label
         assert res.value(setting, "dlib_resnet", "none", "none", metric) == pytest.approx(clean_error)

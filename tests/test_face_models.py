@@ -34,7 +34,9 @@ def _offline_overrides(name: str, facenet_file: Path) -> list[str]:
     if name in facenet:
         return [f"model.weights={facenet_file}", "model.sha256=null"]
     if name == "ensemble":
-        return [o for m in facenet for o in (f"model.members.{m}.weights={facenet_file}", f"model.members.{m}.sha256=null")]
+        return [
+            o for m in facenet for o in (f"model.members.{m}.weights={facenet_file}", f"model.members.{m}.sha256=null")
+        ]
     return []
 
 

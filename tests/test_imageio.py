@@ -34,9 +34,7 @@ def smooth_rgb(height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
     """A smooth colour image with a little noise: realistic for lossy codecs."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack(
-        [x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height) + 60], axis=2
-    )
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height) + 60], axis=2)
     return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -91,9 +89,7 @@ def test_round_trip_keeps_format_size_and_pixels(tmp_path, suffix, fmt, options,
     else:
         assert diff.mean() < tolerance
     if fmt == "WEBP":
-        assert (
-            load_photo(dest).webp_lossless == loaded.webp_lossless == options.get("lossless", False)
-        )
+        assert load_photo(dest).webp_lossless == loaded.webp_lossless == options.get("lossless", False)
     if fmt == "TIFF":
         assert again.info["compression"] in ("raw", "tiff_lzw")
 
@@ -103,10 +99,7 @@ def test_jpeg_saved_without_chroma_subsampling_by_default(tmp_path):
     Image.fromarray(smooth_rgb()).save(src, quality=75)  # Pillow's default is 4:2:0
     loaded = load_photo(src)
     assert JpegImagePlugin.get_sampling(reopen(src)) == 2
-    assert (
-        JpegImagePlugin.get_sampling(reopen(save_photo(loaded.rgb, loaded, tmp_path / "a.jpg")))
-        == 0
-    )
+    assert JpegImagePlugin.get_sampling(reopen(save_photo(loaded.rgb, loaded, tmp_path / "a.jpg"))) == 0
     subsampled = save_photo(loaded.rgb, loaded, tmp_path / "b.jpg", jpeg_subsampling="4:2:0")
     assert JpegImagePlugin.get_sampling(reopen(subsampled)) == 2
 
@@ -318,9 +311,7 @@ XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
 
 
 def _jpeg_with_gps(path: Path, orientation: int | None = None) -> None:
-    Image.fromarray(smooth_rgb()).save(
-        path, exif=gps_exif(orientation), quality=95, comment=b"secret comment", xmp=XMP
-    )
+    Image.fromarray(smooth_rgb()).save(path, exif=gps_exif(orientation), quality=95, comment=b"secret comment", xmp=XMP)
 
 
 def test_gps_stripped_by_default_and_kept_on_request(tmp_path):
@@ -437,9 +428,7 @@ def test_decompression_bomb_refused(tmp_path):
     with pytest.raises(PhotoTooLargeError) as info:
         load_photo(src, max_pixels=100)
     message = str(info.value)
-    assert (
-        str(src) in message and "20x20" in message and "100" in message and "max_pixels" in message
-    )
+    assert str(src) in message and "20x20" in message and "100" in message and "max_pixels" in message
     assert isinstance(info.value, CloakIOError) and info.value.pixels == 400
     assert load_photo(src, max_pixels=400).size == (20, 20)
     assert load_photo(src, max_pixels=None).size == (20, 20)
@@ -469,9 +458,9 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
 def test_non_image_with_jpg_name_is_a_clear_error(tmp_path):
     src = tmp_path / "notes.jpg"
     src.write_text("not a photo")
-    with pytest.raises(CloakIOError, match="notes.jpg"):
+    with pytest.raises(CloakIOError, match=r"notes\.jpg"):
         load_photo(src)
-    with pytest.raises(CloakIOError, match="missing.jpg"):
+    with pytest.raises(CloakIOError, match=r"missing\.jpg"):
         load_photo(tmp_path / "missing.jpg")
 
 
@@ -496,14 +485,8 @@ def test_output_dir_default_and_refusals(tmp_path):
     with pytest.raises(CloakIOError):
         resolve_output_dir(tmp_path / "nope")
 
-    assert (
-        destination_for(photos / "sub" / "a.png", photos, tmp_path / "out")
-        == tmp_path / "out" / "sub" / "a.png"
-    )
-    assert (
-        destination_for(photos / "me.jpg", photos / "me.jpg", tmp_path / "out")
-        == tmp_path / "out" / "me.jpg"
-    )
+    assert destination_for(photos / "sub" / "a.png", photos, tmp_path / "out") == tmp_path / "out" / "sub" / "a.png"
+    assert destination_for(photos / "me.jpg", photos / "me.jpg", tmp_path / "out") == tmp_path / "out" / "me.jpg"
 
 
 def test_save_never_writes_over_the_original(tmp_path):
@@ -629,9 +612,7 @@ def test_tensor_conversions_round_trip_and_round():
     assert np.array_equal(to_uint8(tensor), rgb)
     assert np.array_equal(to_uint8(tensor[None]), rgb)
 
-    values = torch.tensor(
-        [-0.5, 0.0, 0.49 / 255, 0.51 / 255, 1.5 / 255, 254.5 / 255, 1.0, 2.0, float("nan")]
-    )
+    values = torch.tensor([-0.5, 0.0, 0.49 / 255, 0.51 / 255, 1.5 / 255, 254.5 / 255, 1.0, 2.0, float("nan")])
     out = to_uint8(values.view(1, 1, -1).expand(3, 1, -1))
     assert out[0, :, 0].tolist() == [0, 0, 0, 1, 2, 255, 255, 255, 0]
     with pytest.raises(ValueError):

@@ -165,7 +165,9 @@ class Attack:
             if self.max_dssim is not None and self.dssim_weight > 0:
                 # SSIM costs a third of a step: measure every photo every few steps, and in
                 # between only those that were close to the budget.
-                checked = [i for i in range(len(adv)) if step % BUDGET_CHECK_EVERY == 0 or last_dssim[i] > 0.8 * self.max_dssim]
+                checked = [
+                    i for i in range(len(adv)) if step % BUDGET_CHECK_EVERY == 0 or last_dssim[i] > 0.8 * self.max_dssim
+                ]
                 for i in checked:
                     value = dssim(adv[i], clean[i])[0]
                     last_dssim[i] = float(value.detach())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cloak.attacks.base import Attack, Views
+from cloak.attacks.base import Views
 from cloak.attacks.pgd import PGD
 from cloak.models.ensemble import Ensemble, GaussianSmoothed
 

@@ -200,8 +200,12 @@ class ExperimentResults:
                 self._index = index
             else:
                 return next(
-                    (r.protection for r in self.protection
-                     if (r.setting, r.tracker, r.transform, r.condition, r.metric) == (setting, tracker, transform, condition, metric)),
+                    (
+                        r.protection
+                        for r in self.protection
+                        if (r.setting, r.tracker, r.transform, r.condition, r.metric)
+                        == (setting, tracker, transform, condition, metric)
+                    ),
                     None,
                 )
         return index.get((setting, tracker, transform, condition, metric))
@@ -293,7 +297,9 @@ def photo_quality(originals: Sequence[np.ndarray], changed: Sequence[np.ndarray]
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
-def quality_row(setting: str, condition: str, originals: Sequence[np.ndarray], changed: Sequence[np.ndarray]) -> QualityRow:
+def quality_row(
+    setting: str, condition: str, originals: Sequence[np.ndarray], changed: Sequence[np.ndarray]
+) -> QualityRow:
     """Mean quality over the photos that ``changed`` (unchanged ones, e.g. without a face, are left out)."""
     idx = [i for i, (a, b) in enumerate(zip(originals, changed)) if not np.array_equal(a, b)]
     if not idx:
@@ -363,7 +369,11 @@ def tracker_protection(
         np.asarray(distractor_labels).astype(str),
         np.asarray(probe_labels).astype(str),
     )
-    for emb, labels, what in ((shared, shared_labels, "shared"), (distractors, distractor_labels, "distractor"), (probes, probe_labels, "probe")):
+    for emb, labels, what in (
+        (shared, shared_labels, "shared"),
+        (distractors, distractor_labels, "distractor"),
+        (probes, probe_labels, "probe"),
+    ):
         if len(emb) != len(labels):
             raise ValueError(f"{what} embeddings and labels differ in length: {len(emb)} vs {len(labels)}")
     unknown = [m for m in metrics if m not in METRICS]
@@ -648,8 +658,16 @@ class PhotoEmbedder:
             cached = {t: self.cache.load(t, view) if self.cache else {} for t in pipeline.trackers}
             todo = [i for i, k in enumerate(keys) if any(k not in cached[t] for t in pipeline.trackers)]
             if self.cache is not None and len(todo) < len(paths):
-                log.info("Cache %s: %d of %d photos [%s] already embedded", self.cache.folder, len(paths) - len(todo), len(paths), view)
-            with tqdm(total=len(todo), desc=f"{desc} {'+'.join(pipeline.trackers)}", unit="photo", leave=False, disable=None) as bar:
+                log.info(
+                    "Cache %s: %d of %d photos [%s] already embedded",
+                    self.cache.folder,
+                    len(paths) - len(todo),
+                    len(paths),
+                    view,
+                )
+            with tqdm(
+                total=len(todo), desc=f"{desc} {'+'.join(pipeline.trackers)}", unit="photo", leave=False, disable=None
+            ) as bar:
                 for start in range(0, len(todo), chunk):
                     rows = todo[start : start + chunk]
                     photos = [read_photo(paths[i]) for i in rows]
@@ -680,7 +698,14 @@ def cloak_shared(
     n_batches = -(-len(photos) // batch_size)
     with tqdm(total=n_batches * attack.steps, desc=desc, unit="step", leave=False, disable=None) as bar:
         for start in range(0, len(photos), batch_size):
-            out += cloak_photos(photos[start : start + batch_size], faces[start : start + batch_size], attack, model, device, progress=bar.update)
+            out += cloak_photos(
+                photos[start : start + batch_size],
+                faces[start : start + batch_size],
+                attack,
+                model,
+                device,
+                progress=bar.update,
+            )
     return out
 
 
@@ -714,8 +739,13 @@ def run_experiment(
     split = photos.split
     log.info(
         "Data %s: %d users (%s), %d shared and %d clean photos; %d distractor identities, %d photos",
-        data_root, len(split.users), ", ".join(split.users), len(photos.shared_paths), len(photos.probe_paths),
-        len(set(photos.distractor_labels)), len(photos.distractor_paths),
+        data_root,
+        len(split.users),
+        ", ".join(split.users),
+        len(photos.shared_paths),
+        len(photos.probe_paths),
+        len(set(photos.distractor_labels)),
+        len(photos.distractor_paths),
     )
     transforms = [str(t) for t in cfg.platform.transforms]
     tracker_side = {str(t) for t in cfg.platform.get("tracker_side") or []}
@@ -765,7 +795,13 @@ def run_experiment(
         t0 = time.perf_counter()
         clean[view] = embed.paths(all_paths, None if view == "none" else resolved[view], view, desc=f"clean [{view}]")
         misses = {t: int((~e.found).sum()) for t, e in clean[view].items()}
-        log.info("Embedded %d clean photos [%s] in %.0f s; no face found: %s", len(all_paths), view, time.perf_counter() - t0, misses)
+        log.info(
+            "Embedded %d clean photos [%s] in %.0f s; no face found: %s",
+            len(all_paths),
+            view,
+            time.perf_counter() - t0,
+            misses,
+        )
 
     shared_rows, probe_rows, distractor_rows = photos.rows("shared"), photos.rows("probes"), photos.rows("distractors")
     originals = [read_photo(p) for p in photos.shared_paths]
@@ -778,7 +814,9 @@ def run_experiment(
     def shared_embeddings(key: str, images: Sequence[np.ndarray], transform: str) -> dict[str, Embedded]:
         if (key, transform) not in shared_cache:
             if key == "none" and (transform == "none" or transform in tracker_side):
-                shared_cache[(key, transform)] = {t: e.take(shared_rows) for t, e in clean["none" if transform == "none" else transform].items()}
+                shared_cache[(key, transform)] = {
+                    t: e.take(shared_rows) for t, e in clean["none" if transform == "none" else transform].items()
+                }
             else:
                 seen = images if transform == "none" else apply_transform(images, resolved[transform])
                 shared_cache[(key, transform)] = embed(seen, desc=f"{key} [{transform}]")
@@ -810,26 +848,45 @@ def run_experiment(
         )
         log.info(
             "Setting %s: %s eps %g steps %d max_dssim %s %s",
-            label, attack.name, setting.eps, attack.steps, attack.max_dssim, "robust" if setting.robust else "no transform",
+            label,
+            attack.name,
+            setting.eps,
+            attack.steps,
+            attack.max_dssim,
+            "robust" if setting.robust else "no transform",
         )
         t0 = time.perf_counter()
-        cloaked = cloak_shared(originals, cloak_faces, attack, model, device, int(cfg.cloak_batch_size), desc=f"cloaking [{label}]")
+        cloaked = cloak_shared(
+            originals, cloak_faces, attack, model, device, int(cfg.cloak_batch_size), desc=f"cloaking [{label}]"
+        )
         setting.seconds = time.perf_counter() - t0
         setting.n_cloaked = sum(bool(f) for f in cloak_faces)
         log.info("Cloaked %d photos in %.0f s", setting.n_cloaked, setting.seconds)
         if setting.eps not in noise_cache:
             members = {n: m for n, m, _ in as_ensemble(model).items()}
             noise_cache[setting.eps] = [
-                random_noise(p, f, members, setting.eps, int(cfg.seed), noise_kind) for p, f in zip(originals, cloak_faces)
+                random_noise(p, f, members, setting.eps, int(cfg.seed), noise_kind)
+                for p, f in zip(originals, cloak_faces)
             ]
         noised = noise_cache[setting.eps]
         results.settings.append(setting)
         for condition, images in (("cloak", cloaked), ("noise", noised)):
             q = quality_row(label, condition, originals, images)
             results.quality.append(q)
-            log.info("  %s quality: SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB", condition, q.ssim, q.ssim_min, q.dssim, q.psnr)
+            log.info(
+                "  %s quality: SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB",
+                condition,
+                q.ssim,
+                q.ssim_min,
+                q.dssim,
+                q.psnr,
+            )
 
-        conditions = {"cloak": (f"cloak:{label}", cloaked), "none": ("none", originals), "noise": (f"noise:{setting.eps:g}", noised)}
+        conditions = {
+            "cloak": (f"cloak:{label}", cloaked),
+            "none": ("none", originals),
+            "noise": (f"noise:{setting.eps:g}", noised),
+        }
         for transform in transforms:
             side = transform in tracker_side
             view = transform if side else "none"
@@ -841,28 +898,39 @@ def run_experiment(
                 for tracker in embed.trackers:
                     c = clean[view][tracker]
                     scores = tracker_protection(
-                        shared[tracker], photos.shared_labels,
-                        c.take(distractor_rows), photos.distractor_labels,
-                        c.take(probe_rows), photos.probe_labels,
+                        shared[tracker],
+                        photos.shared_labels,
+                        c.take(distractor_rows),
+                        photos.distractor_labels,
+                        c.take(probe_rows),
+                        photos.probe_labels,
                         metrics,
                     )
                     for metric, s in scores.items():
                         results.protection.append(
                             ProtectionRow(
-                                setting=label, tracker=tracker, relation=relation(tracker, cloak_models),
-                                transform=transform, tracker_side=side, condition=condition, metric=metric,
-                                protection=s.protection, per_user=s.per_user, n_probes=s.n_probes,
+                                setting=label,
+                                tracker=tracker,
+                                relation=relation(tracker, cloak_models),
+                                transform=transform,
+                                tracker_side=side,
+                                condition=condition,
+                                metric=metric,
+                                protection=s.protection,
+                                per_user=s.per_user,
+                                n_probes=s.n_probes,
                                 n_probes_no_face=s.n_probes_no_face,
                                 n_shared_no_face=int((~shared[tracker].found).sum()),
                             )
                         )
             line = "  ".join(
-                f"{t}: " + "/".join(
-                    f"{results.value(label, t, transform, cond, metrics[0]):.2f}" for cond in CONDITIONS
-                )
+                f"{t}: "
+                + "/".join(f"{results.value(label, t, transform, cond, metrics[0]):.2f}" for cond in CONDITIONS)
                 for t in embed.trackers
             )
-            log.info("  [%s] %s protection (cloak/none/noise) %s", transform, METRIC_NAMES.get(metrics[0], metrics[0]), line)
+            log.info(
+                "  [%s] %s protection (cloak/none/noise) %s", transform, METRIC_NAMES.get(metrics[0], metrics[0]), line
+            )
             if on_setting is not None:
                 results.seconds = time.perf_counter() - started
                 on_setting(results)

@@ -69,7 +69,9 @@ class Embedded:
         self.emb = np.asarray(self.emb, dtype=np.float32)
         self.found = np.asarray(self.found, dtype=bool)
         if self.emb.ndim != 2 or self.found.shape != (len(self.emb),):
-            raise ValueError(f"emb must be [N, D] and found [N], got {list(self.emb.shape)} and {list(self.found.shape)}")
+            raise ValueError(
+                f"emb must be [N, D] and found [N], got {list(self.emb.shape)} and {list(self.found.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.emb)

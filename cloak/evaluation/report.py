@@ -39,8 +39,17 @@ from cloak.evaluation.experiment import (
 )
 
 PROTECTION_FIELDS = (
-    "setting", "tracker", "relation", "transform", "tracker_side", "condition", "metric",
-    "protection", "n_probes", "n_probes_no_face", "n_shared_no_face",
+    "setting",
+    "tracker",
+    "relation",
+    "transform",
+    "tracker_side",
+    "condition",
+    "metric",
+    "protection",
+    "n_probes",
+    "n_probes_no_face",
+    "n_shared_no_face",
 )
 QUALITY_FIELDS = ("setting", "condition", "ssim", "dssim", "psnr", "ssim_min", "n_photos")
 
@@ -112,18 +121,41 @@ def headline_markdown(results: ExperimentResults, setting: str) -> str:
 
 def settings_markdown(results: ExperimentResults) -> str:
     """The settings with their cloak's and noise's image quality and cloaking time."""
-    header = ["setting", "attack", "eps", "steps", "max DSSIM", "robust", "SSIM", "min SSIM", "DSSIM", "PSNR (dB)",
-              "noise SSIM", "noise PSNR (dB)", "s / photo"]
+    header = [
+        "setting",
+        "attack",
+        "eps",
+        "steps",
+        "max DSSIM",
+        "robust",
+        "SSIM",
+        "min SSIM",
+        "DSSIM",
+        "PSNR (dB)",
+        "noise SSIM",
+        "noise PSNR (dB)",
+        "s / photo",
+    ]
     rows = []
     for s in results.settings:
         q, n = _quality(results, s.label, "cloak"), _quality(results, s.label, "noise")
-        rows.append([
-            s.label, s.attack, f"{s.eps:g}", s.steps, "-" if s.max_dssim is None else f"{s.max_dssim:g}",
-            "yes" if s.robust else "no",
-            num(q.ssim if q else None), num(q.ssim_min if q else None), num(q.dssim if q else None, 4),
-            num(q.psnr if q else None, 1), num(n.ssim if n else None), num(n.psnr if n else None, 1),
-            num(s.seconds / max(1, s.n_cloaked), 1),
-        ])
+        rows.append(
+            [
+                s.label,
+                s.attack,
+                f"{s.eps:g}",
+                s.steps,
+                "-" if s.max_dssim is None else f"{s.max_dssim:g}",
+                "yes" if s.robust else "no",
+                num(q.ssim if q else None),
+                num(q.ssim_min if q else None),
+                num(q.dssim if q else None, 4),
+                num(q.psnr if q else None, 1),
+                num(n.ssim if n else None),
+                num(n.psnr if n else None, 1),
+                num(s.seconds / max(1, s.n_cloaked), 1),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -131,7 +163,10 @@ def matrix_rows(results: ExperimentResults, tracker: str, metric: str) -> tuple[
     """Setting x transform protection of the cloak against one tracker, with the baselines as extra rows."""
     transforms = _transforms(results)
     header = ["setting", *transforms]
-    rows = [[s.label, *(pct(results.value(s.label, tracker, t, "cloak", metric)) for t in transforms)] for s in results.settings]
+    rows = [
+        [s.label, *(pct(results.value(s.label, tracker, t, "cloak", metric)) for t in transforms)]
+        for s in results.settings
+    ]
     if results.settings:
         first = results.settings[0].label
         rows.append(["no cloak", *(pct(results.value(first, tracker, t, "none", metric)) for t in transforms)])
@@ -139,7 +174,12 @@ def matrix_rows(results: ExperimentResults, tracker: str, metric: str) -> tuple[
     for s in results.settings:
         if s.eps not in seen_eps:
             seen_eps.add(s.eps)
-            rows.append([f"{results.noise} noise eps {s.eps:g}", *(pct(results.value(s.label, tracker, t, "noise", metric)) for t in transforms)])
+            rows.append(
+                [
+                    f"{results.noise} noise eps {s.eps:g}",
+                    *(pct(results.value(s.label, tracker, t, "noise", metric)) for t in transforms),
+                ]
+            )
     return header, rows
 
 
@@ -153,7 +193,9 @@ def report_markdown(results: ExperimentResults, metrics: Sequence[str] | None = 
         f"{d.get('n_distractor_identities')} distractor identities with {d.get('n_distractor_photos')} photos; "
         f"seed {d.get('seed')}.\n"
     )
-    out.append(f"Cloak optimised against: {', '.join(results.cloak_models) or '-'}. Trackers: {', '.join(results.trackers)}.")
+    out.append(
+        f"Cloak optimised against: {', '.join(results.cloak_models) or '-'}. Trackers: {', '.join(results.trackers)}."
+    )
     for name, why in results.skipped_trackers.items():
         out.append(f"Skipped tracker `{name}`: {why}.")
     out.append(
@@ -252,14 +294,19 @@ def _metrics(results: ExperimentResults, metrics: Sequence[str] | None) -> list[
     return [m for m in (metrics or results.metrics) if m in results.metrics] or results.metrics[:1]
 
 
-def plot_protection(results: ExperimentResults, path: Path, setting: str | None = None, metrics: Sequence[str] | None = None) -> Path:
+def plot_protection(
+    results: ExperimentResults, path: Path, setting: str | None = None, metrics: Sequence[str] | None = None
+) -> Path:
     """Grouped bars: cloak / no cloak / noise protection per transform; a row per tracker, a column per metric."""
     plt = _pyplot()
     setting = setting or results.settings[0].label
     metrics = _metrics(results, metrics)
     trackers, transforms = _trackers(results), _transforms(results)
     fig, axes = plt.subplots(
-        len(trackers), len(metrics), figsize=(max(6.0, 0.6 * len(transforms) + 2) * len(metrics), 2.8 * len(trackers)), squeeze=False
+        len(trackers),
+        len(metrics),
+        figsize=(max(6.0, 0.6 * len(transforms) + 2) * len(metrics), 2.8 * len(trackers)),
+        squeeze=False,
     )
     width = 0.27
     colors = {"cloak": "tab:blue", "none": "tab:gray", "noise": "tab:orange"}
@@ -268,7 +315,13 @@ def plot_protection(results: ExperimentResults, path: Path, setting: str | None 
             ax = axes[row, col]
             for k, condition in enumerate(CONDITIONS):
                 ys = [results.value(setting, tracker, t, condition, metric) or 0.0 for t in transforms]
-                ax.bar([i + (k - 1) * width for i in range(len(transforms))], ys, width, label=CONDITION_NAMES[condition], color=colors[condition])
+                ax.bar(
+                    [i + (k - 1) * width for i in range(len(transforms))],
+                    ys,
+                    width,
+                    label=CONDITION_NAMES[condition],
+                    color=colors[condition],
+                )
             ax.set_xticks(range(len(transforms)))
             ax.set_xticklabels(transforms, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 1.05)
@@ -285,7 +338,10 @@ def plot_protection(results: ExperimentResults, path: Path, setting: str | None 
 
 
 def plot_tradeoff(
-    results: ExperimentResults, path: Path, metrics: Sequence[str] | None = None, transforms: Sequence[str] | None = None
+    results: ExperimentResults,
+    path: Path,
+    metrics: Sequence[str] | None = None,
+    transforms: Sequence[str] | None = None,
 ) -> Path:
     """Protection against mean SSIM of the cloaked photos, a panel per metric, a line per tracker x transform.
 
@@ -295,26 +351,38 @@ def plot_tradeoff(
     metrics = _metrics(results, metrics)
     transforms = [t for t in (transforms or ["none"]) if t in _transforms(results)] or _transforms(results)[:1]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.0 * len(metrics), 4.6), squeeze=False)
-    settings = sorted(results.settings, key=lambda s: -(_quality(results, s.label, "cloak") or QualityRow("", "", 1, 0, 0, 1, 0)).ssim)
+    settings = sorted(
+        results.settings, key=lambda s: -(_quality(results, s.label, "cloak") or QualityRow("", "", 1, 0, 0, 1, 0)).ssim
+    )
     for ax, metric in zip(axes[0], metrics):
         for tracker in _trackers(results):
             for transform in transforms:
                 xs, ys, labels = [], [], []
                 for s in settings:
-                    q, v = _quality(results, s.label, "cloak"), results.value(s.label, tracker, transform, "cloak", metric)
+                    q, v = (
+                        _quality(results, s.label, "cloak"),
+                        results.value(s.label, tracker, transform, "cloak", metric),
+                    )
                     if q is not None and v is not None:
                         xs.append(q.ssim), ys.append(v), labels.append(s.label)
                 (line,) = ax.plot(xs, ys, "o-", ms=4, label=f"cloak vs {tracker} [{transform}]")
                 for x, y, lab in zip(xs, ys, labels):
-                    ax.annotate(lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
+                    ax.annotate(
+                        lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color()
+                    )
                 noise = sorted(
-                    {(q.ssim, v) for s in settings
-                     if (q := _quality(results, s.label, "noise")) is not None
-                     and (v := results.value(s.label, tracker, transform, "noise", metric)) is not None},
+                    {
+                        (q.ssim, v)
+                        for s in settings
+                        if (q := _quality(results, s.label, "noise")) is not None
+                        and (v := results.value(s.label, tracker, transform, "noise", metric)) is not None
+                    },
                     reverse=True,
                 )
                 if noise:
-                    ax.plot(*zip(*noise), "x:", color=line.get_color(), alpha=0.6, label=f"noise vs {tracker} [{transform}]")
+                    ax.plot(
+                        *zip(*noise), "x:", color=line.get_color(), alpha=0.6, label=f"noise vs {tracker} [{transform}]"
+                    )
                 base = results.value(settings[0].label, tracker, transform, "none", metric) if settings else None
                 if base is not None:
                     ax.axhline(base, color=line.get_color(), ls="--", lw=0.8, alpha=0.6)
@@ -340,35 +408,52 @@ def plot_robustness(results: ExperimentResults, path: Path, metrics: Sequence[st
     metrics = _metrics(results, metrics)
     transforms = _transforms(results)
     axes_defs = []
-    for title, fn, xlabel in (("JPEG", jpeg_axis, "JPEG quality (100 = no re-encode)"), ("downscale", downscale_axis, "downscale factor (upsampled back)")):
+    for title, fn, xlabel in (
+        ("JPEG", jpeg_axis, "JPEG quality (100 = no re-encode)"),
+        ("downscale", downscale_axis, "downscale factor (upsampled back)"),
+    ):
         pts = sorted(((fn(t), t) for t in transforms if fn(t) is not None), reverse=True)
         if len(pts) >= 2:
             axes_defs += [(title, pts, xlabel, m) for m in metrics]
     if not axes_defs:
         return None
     trackers = _trackers(results)
-    fig, axes = plt.subplots(len(trackers), len(axes_defs), figsize=(4.6 * len(axes_defs), 3.6 * len(trackers)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(trackers), len(axes_defs), figsize=(4.6 * len(axes_defs), 3.6 * len(trackers)), squeeze=False
+    )
     for row, tracker in enumerate(trackers):
         for col, (title, pts, xlabel, metric) in enumerate(axes_defs):
             ax = axes[row, col]
             xs = [x for x, _ in pts]
             for s in results.settings:
-                ax.plot(xs, [results.value(s.label, tracker, t, "cloak", metric) for _, t in pts], "o-", label=s.label, ms=3)
+                ax.plot(
+                    xs, [results.value(s.label, tracker, t, "cloak", metric) for _, t in pts], "o-", label=s.label, ms=3
+                )
             first = results.settings[0].label if results.settings else ""
-            ax.plot(xs, [results.value(first, tracker, t, "none", metric) for _, t in pts], "k--", label="no cloak", lw=1)
+            ax.plot(
+                xs, [results.value(first, tracker, t, "none", metric) for _, t in pts], "k--", label="no cloak", lw=1
+            )
             seen: set[float] = set()
             for s in results.settings:
                 if s.eps in seen:
                     continue
                 seen.add(s.eps)
-                ax.plot(xs, [results.value(s.label, tracker, t, "noise", metric) for _, t in pts], ":", color="gray",
-                        label=f"{results.noise} noise eps {s.eps:g}", lw=1)
+                ax.plot(
+                    xs,
+                    [results.value(s.label, tracker, t, "noise", metric) for _, t in pts],
+                    ":",
+                    color="gray",
+                    label=f"{results.noise} noise eps {s.eps:g}",
+                    lw=1,
+                )
             ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(f"protection ({METRIC_NAMES.get(metric, metric)})", fontsize=8)
             ax.set_ylim(-0.02, 1.02)
             ax.invert_xaxis()
             ax.grid(alpha=0.3)
-            ax.set_title(f"{tracker} ({_relation(results, tracker)}): {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8)
+            ax.set_title(
+                f"{tracker} ({_relation(results, tracker)}): {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8
+            )
     axes[0, -1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -416,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tradeoff-transforms", nargs="*", default=["none", "social"])
     args = parser.parse_args(argv)
     results = load_results(args.results)
-    write_report(results, args.out_dir or args.results.parent, metrics=args.metrics, tradeoff_transforms=args.tradeoff_transforms)
+    write_report(
+        results, args.out_dir or args.results.parent, metrics=args.metrics, tradeoff_transforms=args.tradeoff_transforms
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ __all__ = [
 # Where MTCNN's five landmarks (left eye, right eye, nose tip, left and right mouth
 # corner) fall in dlib's 150x150 face chips (get_face_chip, padding 0.25): the mean
 # over 376 lfw-dev faces of MTCNN run on dlib's own chips (scripts/derive_templates.py).
-DLIB_TEMPLATE = torch.tensor(
-    [[43.53, 37.55], [103.52, 37.44], [72.86, 72.08], [46.83, 102.11], [99.55, 102.55]]
-)
+DLIB_TEMPLATE = torch.tensor([[43.53, 37.55], [103.52, 37.44], [72.86, 72.08], [46.83, 102.11], [99.55, 102.55]])
 
 # dlib's default per-channel means (input_rgb_image), replaced by the file's values on load.
 _DEFAULT_MEAN = (122.782, 117.001, 104.298)

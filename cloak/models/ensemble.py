@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import kornia
 import torch
 from torch import nn
 
 from cloak.models.base import FaceEmbedder
+from cloak.transforms import gaussian_blur
 
 
 class GaussianSmoothed(FaceEmbedder):
@@ -30,8 +30,7 @@ class GaussianSmoothed(FaceEmbedder):
         self.sigma = float(sigma)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
-        k = 2 * int(round(3 * self.sigma)) + 1
-        blurred = kornia.filters.gaussian_blur2d(faces, (k, k), (self.sigma, self.sigma))
+        blurred = gaussian_blur(faces, self.sigma)
         return self.inner.embed(blurred)
 
 

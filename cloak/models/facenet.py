@@ -16,9 +16,7 @@ log = logging.getLogger(__name__)
 
 # Mean MTCNN landmarks in Sandberg-style crops (MTCNN box + 32 px margin, 160x160),
 # measured on 377 lfw-dev faces by scripts/derive_templates.py.
-FACENET_TEMPLATE = torch.tensor(
-    [[52.32, 64.79], [110.76, 63.83], [81.58, 90.44], [56.83, 113.10], [107.75, 112.48]]
-)
+FACENET_TEMPLATE = torch.tensor([[52.32, 64.79], [110.76, 63.83], [81.58, 90.44], [56.83, 113.10], [107.75, 112.48]])
 
 # Where facenet-pytorch downloads its released weights from, and their SHA-256.
 RELEASES = {
