@@ -41,10 +41,12 @@ def build_from_config(
         if not isinstance(model, (FaceEmbedder, Ensemble)):
             raise TypeError(f"model config built a {type(model).__name__}, not a FaceEmbedder or Ensemble")
         parts.model = model.to(device).eval()
-    if need_detector:
+    if need_detector or (need_attack and cfg.attack.get("target_dir")):
         parts.detector = instantiate(cfg.detector)
     if need_attack:
-        parts.attack = instantiate(cfg.attack)
+        # Attacks that read photos of their own (fawkes' target_dir) use the run's detector.
+        extra = {"detector": parts.detector} if "detector" in cfg.attack else {}
+        parts.attack = instantiate(cfg.attack, **extra)
     return parts
 
 

@@ -99,18 +99,12 @@ class Attack:
         """The embedders the loss is computed with; default: the ensemble's members."""
         return {name: (model, weight) for name, model, weight in ensemble.items()}
 
-    def active_views(self, views: Views, step: int, generator: torch.Generator) -> Views:
+    def active_views(self, views: Views, generator: torch.Generator) -> Views:
         """The views used at one step; default: all of them."""
         return views
 
-    def references(
-        self, views: Views, clean_crops: dict[str, torch.Tensor], face_seeds: list[int]
-    ) -> dict[str, torch.Tensor]:
-        """Per view, ``[F, D]`` embeddings the loss compares against (clean ones by default).
-
-        ``face_seeds`` has one seed per face (from its photo's seed), for attacks
-        whose references are random: a face then gets the same one in any batch.
-        """
+    def references(self, views: Views, clean_crops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per view, ``[F, D]`` embeddings the loss compares against (clean ones by default)."""
         with torch.no_grad():
             return {name: model(clean_crops[name]) for name, (model, _) in views.items()}
 
@@ -145,8 +139,7 @@ class Attack:
         gens = [torch.Generator().manual_seed(p.seed) for p in photos]
         step_gen = torch.Generator().manual_seed(self.seed)
         clean_crops = self._crops(views, clean, regions, None)
-        face_seeds = [(p.seed + 7919 * i) % (1 << 62) for p in photos for i in range(len(p.landmarks))]
-        refs = self.references(views, clean_crops, face_seeds)
+        refs = self.references(views, clean_crops)
 
         deltas = []
         for c, g, r in zip(clean, gens, regions):
@@ -158,7 +151,7 @@ class Attack:
 
         last_dssim = [0.0] * len(photos)
         for step in range(self.steps):
-            active = self.active_views(views, step, step_gen)
+            active = self.active_views(views, step_gen)
             draws = [self.transform.sample(g) if self.transform is not None else Distortion() for g in gens]
             adv = [(c + d * r.mask).clamp(0, 1) for c, d, r in zip(clean, deltas, regions)]
             loss = self._loss(active, adv, regions, draws, refs).sum()

@@ -10,6 +10,7 @@ import torch
 
 from cloak.alignment import align_faces
 from cloak.attacks.base import Attack, Views
+from cloak.detection import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +31,23 @@ class Fawkes(Attack):
 
     Args:
         target_dir: optional folder of target face photos.
+        detector: finds the faces in ``target_dir`` (the run's configured detector;
+            the builder passes it). Needed only with ``target_dir``.
         **kwargs: see :class:`~cloak.attacks.base.Attack`.
     """
 
     name = "fawkes"
 
-    def __init__(self, target_dir: str | Path | None = None, **kwargs) -> None:
+    def __init__(self, target_dir: str | Path | None = None, detector: FaceDetector | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.target_dir = Path(target_dir).expanduser() if target_dir else None
         if self.target_dir is not None and not self.target_dir.is_dir():
             raise FileNotFoundError(f"fawkes target_dir {self.target_dir} is not a folder of face photos")
+        if self.target_dir is not None and detector is None:
+            raise ValueError("fawkes with a target_dir needs a face detector (the builder passes the configured one)")
+        self.detector = detector
 
-    def references(
-        self, views: Views, clean_crops: dict[str, torch.Tensor], face_seeds: list[int]
-    ) -> dict[str, torch.Tensor]:
+    def references(self, views: Views, clean_crops: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             own = {name: model(clean_crops[name]) for name, (model, _) in views.items()}
             candidates = self._candidate_embeddings(views, next(iter(own.values())))
@@ -60,14 +64,12 @@ class Fawkes(Attack):
     def _candidate_embeddings(self, views: Views, like: torch.Tensor) -> dict[str, torch.Tensor] | None:
         if self.target_dir is None:
             return None
-        from cloak.detection import FaceDetector
         from cloak.imageio import find_photos, load_photo, to_tensor
 
-        detector = FaceDetector(device="cpu")
         out: dict[str, list[torch.Tensor]] = {name: [] for name in views}
         for path in find_photos(self.target_dir).photos:
             rgb = load_photo(path).rgb
-            faces = detector.detect(rgb)
+            faces = self.detector.detect(rgb)
             if not faces:
                 continue
             photo = to_tensor(rgb).to(like)

@@ -39,7 +39,7 @@ class LowKey(PGD):
             views[f"{name}/smoothed"] = (GaussianSmoothed(model, self.smoothing_sigma), weight * self.smooth_prob)
         return {k: v for k, v in views.items() if v[1] > 0}
 
-    def active_views(self, views: Views, step: int, generator: torch.Generator) -> Views:
+    def active_views(self, views: Views, generator: torch.Generator) -> Views:
         members = sorted({name.split("/")[0] for name in views})
         coins = torch.rand(len(members), generator=generator).tolist()
         active: Views = {}
