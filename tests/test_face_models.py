@@ -98,7 +98,23 @@ def test_ensemble_weights_are_checked():
     with pytest.raises(ValueError, match="unknown members"):
         Ensemble({"a": DlibResNet()}, weights={"b": 1.0})
     ens = Ensemble({"a": DlibResNet(), "b": DlibResNet()}, weights={"a": 3.0})
-    assert ens.weights == {"a": 0.75, "b": 0.25}
+    assert ens.weights == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+def test_ensemble_normalises_each_members_loss_by_its_threshold():
+    """A member whose same-person threshold sits closer to 1 needs less movement: it weighs more."""
+    crowded, spread = DlibResNet(), DlibResNet()
+    crowded.cosine_threshold, spread.cosine_threshold = 0.9, 0.4  # scales 0.1 and 0.6
+    ens = Ensemble({"crowded": crowded, "spread": spread})
+    assert ens.weights == pytest.approx({"crowded": 6 / 7, "spread": 1 / 7})
+    # Relative to user weights, and off on request.
+    ens = Ensemble({"crowded": crowded, "spread": spread}, weights={"crowded": 1.0, "spread": 6.0})
+    assert ens.weights == pytest.approx({"crowded": 0.5, "spread": 0.5})
+    plain = Ensemble({"crowded": crowded, "spread": spread}, normalise=False)
+    assert plain.weights == pytest.approx({"crowded": 0.5, "spread": 0.5})
+    spread.cosine_threshold = 1.0
+    with pytest.raises(ValueError, match="cosine_threshold"):
+        Ensemble({"crowded": crowded, "spread": spread})
 
 
 def test_dlib_resnet_verifies_lfw_with_our_alignment(dlib_model, lfw_dev):

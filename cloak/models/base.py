@@ -34,6 +34,11 @@ class FaceEmbedder(nn.Module):
     #: Distance between two :meth:`descriptor` outputs above which the model's
     #: authors call two faces different people.
     match_threshold: float | None = None
+    #: Cosine similarity of two :meth:`forward` embeddings at the same-person threshold.
+    #: Ensembles divide each member's loss by ``1 - cosine_threshold`` (how far a face must
+    #: move to stop matching itself), so a model whose embeddings crowd together does not
+    #: drown in one whose embeddings spread out. ``None``: no normalisation.
+    cosine_threshold: float | None = None
 
     def __init__(self, input_size: tuple[int, int], template: torch.Tensor, embedding_dim: int) -> None:
         super().__init__()

@@ -28,6 +28,9 @@ class GaussianSmoothed(FaceEmbedder):
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.inner = inner
         self.sigma = float(sigma)
+        self.name = f"{inner.name}/smoothed"
+        self.match_threshold = inner.match_threshold
+        self.cosine_threshold = inner.cosine_threshold
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         blurred = gaussian_blur(faces, self.sigma)
@@ -43,10 +46,19 @@ class Ensemble(nn.Module):
 
     Args:
         members: name -> embedder.
-        weights: name -> weight; missing names weigh 1. Weights are normalised to sum to 1.
+        weights: name -> weight; missing names weigh 1.
+        normalise: divide each member's weight by its loss scale, ``1 - cosine_threshold``
+            (see :attr:`FaceEmbedder.cosine_threshold`), so that a step moves every member
+            by a similar share of the way to its own same-person threshold. Members
+            without a threshold keep scale 1. The weights then sum to 1.
     """
 
-    def __init__(self, members: Mapping[str, FaceEmbedder], weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        members: Mapping[str, FaceEmbedder],
+        weights: Mapping[str, float] | None = None,
+        normalise: bool = True,
+    ) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -60,6 +72,8 @@ class Ensemble(nn.Module):
         raw = [float(weights.get(name, 1.0)) for name in members]
         if any(w < 0 for w in raw) or sum(raw) <= 0:
             raise ValueError(f"ensemble weights must be >= 0 with a positive sum, got {raw}")
+        if normalise:
+            raw = [w / loss_scale(members[name]) for name, w in zip(members, raw)]
         self.members = nn.ModuleDict(dict(members))
         self.weights = {name: w / sum(raw) for name, w in zip(members, raw)}
 
@@ -69,6 +83,15 @@ class Ensemble(nn.Module):
 
     def __len__(self) -> int:
         return len(self.members)
+
+
+def loss_scale(model: FaceEmbedder) -> float:
+    """How far a model's cosine similarity must fall for a face to stop matching itself."""
+    if model.cosine_threshold is None:
+        return 1.0
+    if not -1 < model.cosine_threshold < 1:
+        raise ValueError(f"{model.name}: cosine_threshold must be in (-1, 1), got {model.cosine_threshold}")
+    return 1.0 - model.cosine_threshold
 
 
 def as_ensemble(model: FaceEmbedder | Ensemble) -> Ensemble:

@@ -45,6 +45,8 @@ class FacenetEmbedder(FaceEmbedder):
     # Euclidean distance between unit embeddings; Sandberg's LFW validation of
     # these weights puts the best same/different threshold near 1.1.
     match_threshold = 1.1
+    # The descriptor is the unit embedding: Euclidean 1.1 is cosine 1 - 1.1**2 / 2.
+    cosine_threshold = 1 - 1.1**2 / 2
     name = "facenet"
 
     def __init__(self) -> None:
