@@ -74,6 +74,37 @@ def test_attack_reduces_its_loss(name, tiny_embedder):
         assert sum(s.loss) < sum(w.loss) - 1e-3, f"{name}: loss {sum(w.loss):.4f} -> {sum(s.loss):.4f}"
 
 
+TRANSFER = {"momentum": {"momentum": 0.9}, "diversity": {"input_diversity": 1.0}}
+
+
+@pytest.mark.parametrize("technique", sorted(TRANSFER))
+def test_transfer_techniques_keep_the_invariants(technique, tiny_embedder):
+    """Momentum and input diversity change the steps, never the budget, the range or batch independence."""
+    model = tiny_embedder(dtype=torch.float64)
+    photos = _photos(2)
+    before = [p.photo.clone() for p in photos]
+    attack = _attack("lowkey", transform=RobustTransform(), **TRANSFER[technique])
+    batch = attack(model, photos)
+    plain = _attack("lowkey", transform=RobustTransform())(model, photos)
+    for p, b, r, q in zip(photos, before, batch, plain):
+        assert torch.equal(p.photo, b)
+        delta = r.photo - p.photo
+        assert 0 < delta.abs().max() <= 8 / 255 + 1e-9
+        assert r.photo.min() >= 0 and r.photo.max() <= 1
+        assert not torch.equal(r.photo, q.photo), f"{technique} changed nothing"
+        assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9)
+
+
+def test_input_diversity_shrinks_the_face_inside_the_crop():
+    from cloak.transforms import shrink_crop
+
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    m = shrink_crop(identity, (0.5, 1.0, 0.0), (100, 100))
+    # The crop's right half shows the whole unshrunk crop: its left edge at x=50, its right at 100.
+    corners = m @ torch.tensor([[50.0, 100.0], [0.0, 50.0], [1.0, 1.0]])
+    assert torch.allclose(corners[0], torch.tensor([[0.0, 100.0], [0.0, 100.0]]))
+
+
 def test_dssim_budget_enforced(tiny_embedder):
     from cloak.quality import dssim
 
@@ -112,6 +143,10 @@ def test_bad_parameters_are_refused():
         PGD(eps=0)
     with pytest.raises(ValueError, match="max_dssim"):
         PGD(max_dssim=2.0)
+    with pytest.raises(ValueError, match="momentum"):
+        PGD(momentum=1.0)
+    with pytest.raises(ValueError, match="input_diversity"):
+        PGD(input_diversity=2.0)
     with pytest.raises(ValueError, match="smooth_prob"):
         LowKey(smooth_prob=1.5)
     with pytest.raises(FileNotFoundError, match="target_dir"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,7 +21,7 @@ from cloak.attacks.regions import PhotoFaces, Region, face_region
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.quality import dssim
-from cloak.transforms import Distortion, RobustTransform
+from cloak.transforms import Distortion, RobustTransform, shrink_crop
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ class Attack:
         transform: random platform distortions averaged over; ``None`` for none.
         random_start: start from uniform noise in half the L-inf ball.
         seed: seeds everything random, together with each photo's pixels.
+        momentum: decay of the accumulated gradient direction (MI-FGSM, Dong et al. 2018);
+            0 for plain sign steps. Momentum steadies the direction across the random
+            distortions, which helps the cloak transfer to models it never saw.
+        input_diversity: probability, per step and face, of shrinking each model's crop by a
+            random factor in ``[diversity_scale, 1)`` and padding it back at a random offset
+            (DI-FGSM, Xie et al. 2019); 0 for none.
+        diversity_scale: the smallest shrink factor of ``input_diversity``.
     """
 
     name = "attack"
@@ -77,6 +84,9 @@ class Attack:
         transform: RobustTransform | None = None,
         random_start: bool = True,
         seed: int = 0,
+        momentum: float = 0.0,
+        input_diversity: float = 0.0,
+        diversity_scale: float = 0.85,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -93,6 +103,15 @@ class Attack:
         self.transform = transform if transform is not None and not transform.is_identity else None
         self.random_start = bool(random_start)
         self.seed = int(seed)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not 0 <= input_diversity <= 1:
+            raise ValueError(f"input_diversity must be in [0, 1], got {input_diversity}")
+        if not 0 < diversity_scale <= 1:
+            raise ValueError(f"diversity_scale must be in (0, 1], got {diversity_scale}")
+        self.momentum = float(momentum)
+        self.input_diversity = float(input_diversity)
+        self.diversity_scale = float(diversity_scale)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -148,11 +167,12 @@ class Attack:
                 noise = torch.rand(c.shape, generator=g, dtype=torch.float64).to(c) * 2 - 1
                 d = noise * (self.eps / 2) * r.mask
             deltas.append(((c + d).clamp(0, 1) - c).requires_grad_(True))
+        velocity = [torch.zeros_like(d) for d in deltas]
 
         last_dssim = [0.0] * len(photos)
         for step in range(self.steps):
             active = self.active_views(views, step_gen)
-            draws = [self.transform.sample(g) if self.transform is not None else Distortion() for g in gens]
+            draws = [self._draw(g) for g in gens]
             adv = [(c + d * r.mask).clamp(0, 1) for c, d, r in zip(clean, deltas, regions)]
             loss = self._loss(active, adv, regions, draws, refs).sum()
             if self.max_dssim is not None and self.dssim_weight > 0:
@@ -167,7 +187,11 @@ class Attack:
                     loss = loss + self.dssim_weight * (value - self.max_dssim).clamp_min(0)
             grads = torch.autograd.grad(loss, deltas)
             with torch.no_grad():
-                for c, d, g in zip(clean, deltas, grads):
+                for c, d, g, v in zip(clean, deltas, grads, velocity):
+                    if self.momentum > 0:
+                        # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
+                        v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
+                        g = v
                     d -= self.step_size * g.sign()
                     d.clamp_(-self.eps, self.eps)
                     d.copy_((c + d).clamp(0, 1) - c)
@@ -191,6 +215,14 @@ class Attack:
                 )
         return results
 
+    def _draw(self, generator: torch.Generator) -> Distortion:
+        """One step's random distortion of one photo (platform transform and input diversity)."""
+        draw = self.transform.sample(generator) if self.transform is not None else Distortion()
+        if self.input_diversity > 0 and float(torch.rand((), generator=generator)) < self.input_diversity:
+            scale, dx, dy = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+            draw = replace(draw, diversity=(self.diversity_scale + (1 - self.diversity_scale) * scale, dx, dy))
+        return draw
+
     def _crops(
         self, views: Views, images: list[torch.Tensor], regions: list[Region], draws: list[Distortion] | None
     ) -> dict[str, torch.Tensor]:
@@ -204,6 +236,8 @@ class Attack:
                 m = region.matrices[name]
                 if draws is not None:
                     m = RobustTransform.jitter(m, draw, model.input_size)
+                if draws is not None and draw.diversity is not None:
+                    m = shrink_crop(m, draw.diversity, model.input_size)
                 crops[name].append(warp_crops(img.expand(len(m), -1, -1, -1), m, model.input_size))
         return {name: torch.cat(c) for name, c in crops.items()}
 
