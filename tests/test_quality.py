@@ -6,7 +6,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from cloak.quality import dssim, psnr, ssim
+from cloak.quality import dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
@@ -96,3 +96,82 @@ def test_shape_errors(a, b, match):
 def test_psnr_shape_error():
     with pytest.raises(ValueError, match="same shape"):
         psnr(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+# ---- face-region quality ------------------------------------------------------------------
+
+
+def _textured_on_flat(seed: int = 0, size: int = 48, amplitude: float = 0.04) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat grey patch and a copy with high-frequency noise on its left half only."""
+    flat = torch.full((3, size, size), 0.6, dtype=torch.float64)
+    noise = torch.randn(flat.shape, generator=torch.Generator().manual_seed(seed), dtype=flat.dtype)
+    noise[..., size // 2 :] = 0
+    return flat, (flat + amplitude * noise).clamp(0, 1)
+
+
+def test_ssim_map_averages_to_ssim():
+    x, y = _image(0, (24, 30)), _image(1, (24, 30))
+    local = ssim_map(x, y)
+    assert local.shape == (1, 1, 24, 30)
+    assert float(local.mean()) == pytest.approx(float(ssim(x, y)[0]), abs=1e-12)
+
+
+def test_percentile_is_below_the_mean_on_a_textured_cloak_on_flat_skin():
+    flat, cloaked = _textured_on_flat()
+    p5, mean = float(ssim_percentile(flat, cloaked)[0]), float(ssim(flat, cloaked)[0])
+    assert p5 < mean - 0.2, f"p5 {p5:.3f} should show the textured half the mean {mean:.3f} averages away"
+    assert float(ssim_percentile(flat, flat)[0]) == pytest.approx(1.0)
+    assert float(ssim_percentile(flat, cloaked, q=100)[0]) == pytest.approx(float(ssim_map(flat, cloaked).max()))
+
+
+def test_face_quality_of_a_whole_image_box_equals_the_whole_image_metrics():
+    x = _image(0, (40, 36))
+    y = (x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)).clamp(0, 1)
+    whole = torch.tensor([[0.0, 0.0, 36.0, 40.0]])
+    for growth in (0.0, 0.1):  # growing a whole-image box is clipped back to the image
+        q = face_quality(x, y, whole, growth=growth)
+        assert q.ssim.tolist() == pytest.approx(ssim(x, y).tolist(), abs=1e-12)
+        assert q.ssim_p5.tolist() == pytest.approx(ssim_percentile(x, y).tolist(), abs=1e-12)
+        assert q.psnr.tolist() == pytest.approx(psnr(x, y).tolist(), abs=1e-9)
+        assert q.perceptual.tolist() == pytest.approx(haarpsi(x, y).tolist(), abs=1e-6)
+
+
+def test_face_quality_measures_each_face_on_its_own_box():
+    flat, cloaked = _textured_on_flat(size=64)
+    boxes = torch.tensor([[2.0, 2.0, 26.0, 40.0], [36.0, 10.0, 60.0, 50.0]])  # textured half, clean half
+    q = face_quality(flat, cloaked, boxes)
+    assert all(v.shape == (2,) for v in q)
+    assert q.ssim[0] < 0.9 and q.ssim_p5[0] < q.ssim[0]
+    assert q.ssim[1] == pytest.approx(1.0) and torch.isinf(q.psnr[1])
+    assert q.perceptual[0] < q.perceptual[1] == pytest.approx(1.0)
+
+
+def test_face_quality_follows_device_and_dtype():
+    x = _image(0, (32, 32)).float()
+    q = face_quality(x, x.flip(-1), torch.tensor([[0, 0, 20, 20]]))
+    assert all(v.dtype == torch.float32 and v.device == x.device for v in q)
+    small = face_quality(x, x.flip(-1), torch.tensor([[0, 0, 10, 10]]), growth=0.0)
+    assert torch.isnan(small.perceptual).all(), "HaarPSI is undefined under 16x16 pixels"
+
+
+@pytest.mark.parametrize(
+    ("original", "cloaked", "boxes", "match"),
+    [
+        (torch.rand(3, 16, 16), torch.rand(3, 16, 17), torch.tensor([[0, 0, 8, 8]]), "same shape"),
+        (torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16), torch.tensor([[0, 0, 8, 8]]), "one photo"),
+        (torch.rand(3, 16, 16), torch.rand(3, 16, 16), torch.tensor([0, 0, 8, 8]), r"\[F, 4\]"),
+        (torch.rand(3, 16, 16), torch.rand(3, 16, 16), torch.tensor([[20, 20, 30, 30]]), "no pixel inside"),
+        (torch.rand(3, 16, 16), torch.rand(3, 16, 16), torch.tensor([[0, 0, 4, 16]]), "at least 6x6"),
+    ],
+)
+def test_face_quality_shape_errors(original, cloaked, boxes, match):
+    with pytest.raises(ValueError, match=match):
+        face_quality(original, cloaked, boxes, growth=0.0)
+
+
+def test_percentile_and_haarpsi_errors():
+    x = torch.rand(3, 12, 12)
+    with pytest.raises(ValueError, match="percentile"):
+        ssim_percentile(x, x, q=150)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        haarpsi(x, x)
