@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cloak import imageio
 from cloak.alignment import align_faces
 from cloak.attacks import Attack, PhotoFaces, photo_seed
 from cloak.detection import Face, FaceDetector
-from cloak.imageio import to_uint8
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
+from cloak.photos import pixels, to_uint8
 from cloak.quality import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class Protected:
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in ``[0, 1]`` on ``device``."""
-    return imageio.to_tensor(np.asarray(image)).to(device)
+    return pixels.to_tensor(np.asarray(image)).to(device)
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int = REPORT_JPEG_QUALITY) -> np.ndarray:

@@ -17,8 +17,19 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from cloak import imageio
 from cloak.builders import build_from_config
+from cloak.photos import (
+    CloakIOError,
+    LoadedPhoto,
+    copy_unchanged,
+    destination_for,
+    find_photos,
+    load_photo,
+    resolve_output_dir,
+    save_photo,
+    write_bytes,
+    write_png,
+)
 from cloak.preview import side_by_side
 from cloak.protect import PhotoReport, cloak_photos, measure
 
@@ -34,7 +45,7 @@ class Pending:
 
     path: Path
     dest: Path
-    loaded: imageio.LoadedPhoto
+    loaded: LoadedPhoto
     faces: list
 
 
@@ -72,8 +83,8 @@ def run(cfg: DictConfig) -> int:
         log.error("Input %s does not exist", source)
         return 2
     try:
-        output = imageio.resolve_output_dir(source, cfg.output_dir)
-    except imageio.CloakIOError as err:
+        output = resolve_output_dir(source, cfg.output_dir)
+    except CloakIOError as err:
         log.error("%s", err)
         return 2
     return _run(cfg, source, output, preview=bool(cfg.preview))
@@ -81,7 +92,7 @@ def run(cfg: DictConfig) -> int:
 
 def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
     root = source if source.is_dir() else source.parent
-    listing = imageio.find_photos(source)
+    listing = find_photos(source)
     for path in listing.skipped:
         log.info("Skipping %s: not a photo cloak reads", path)
     if not listing.photos:
@@ -105,23 +116,21 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
     for path in bar:
         rel = path.relative_to(root)
-        dest = output / rel
+        dest = destination_for(path, source, output)
         if dest.exists() and not cfg.overwrite:
             outcome.skipped_done.append(str(rel))
             continue
         try:
-            loaded = imageio.load_photo(path, max_pixels=int(cfg.max_pixels))
+            loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
             faces = parts.detector.detect(loaded.rgb)
-        except (imageio.CloakIOError, OSError, ValueError) as err:
+        except (CloakIOError, OSError, ValueError) as err:
             outcome.failed[str(rel)] = str(err)
             log.error("Failed: %s", err)
             continue
         if not faces:
             outcome.no_face.append(str(rel))
             if cfg.no_face == "copy":
-                _guard(
-                    outcome, rel, lambda: imageio.copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw)
-                )
+                _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
             continue
         pending.append(Pending(path, dest, loaded, faces))
         if len(pending) >= int(cfg.batch_size):
@@ -140,7 +149,7 @@ def _guard(outcome: Outcome, rel: Path, action) -> bool:
     try:
         action()
         return True
-    except (imageio.CloakIOError, OSError, ValueError) as err:
+    except (CloakIOError, OSError, ValueError) as err:
         outcome.failed[str(rel)] = str(err)
         log.error("Failed to write %s: %s", rel, err)
         return False
@@ -164,7 +173,7 @@ def _cloak_batch(
     for p, image in zip(pending, cloaked):
         rel = p.path.relative_to(root)
         if not _guard(
-            outcome, rel, lambda: imageio.save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
+            outcome, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
         ):
             continue
         outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
@@ -173,7 +182,7 @@ def _cloak_batch(
             _guard(
                 outcome,
                 rel,
-                lambda: imageio.write_png(side_by_side(p.loaded.rgb, image), png, overwrite=bool(cfg.overwrite)),
+                lambda: write_png(side_by_side(p.loaded.rgb, image), png, overwrite=bool(cfg.overwrite)),
             )
 
 
@@ -191,7 +200,7 @@ def _write_report(output: Path, outcome: Outcome, cfg: DictConfig) -> None:
     photos.update({rel: {"status": "failed", "error": err} for rel, err in outcome.failed.items()})
     settings = {k: cfg[k] for k in ("jpeg_quality", "jpeg_subsampling", "metadata", "seed")}
     settings.update(attack=cfg.attack._target_, strength=dict(cfg.strength), model=cfg.model._target_)
-    imageio.write_bytes(json.dumps({"settings": settings, "photos": photos}, indent=2).encode(), path, overwrite=True)
+    write_bytes(json.dumps({"settings": settings, "photos": photos}, indent=2).encode(), path, overwrite=True)
 
 
 def _summarise(outcome: Outcome, output: Path) -> None:

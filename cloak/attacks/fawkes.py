@@ -64,7 +64,7 @@ class Fawkes(Attack):
     def _candidate_embeddings(self, views: Views, like: torch.Tensor) -> dict[str, torch.Tensor] | None:
         if self.target_dir is None:
             return None
-        from cloak.imageio import find_photos, load_photo, to_tensor
+        from cloak.photos import find_photos, load_photo, to_tensor
 
         out: dict[str, list[torch.Tensor]] = {name: [] for name in views}
         for path in find_photos(self.target_dir).photos:

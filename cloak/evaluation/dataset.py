@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: File suffixes (lower case) read as photos.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
+from cloak.photos.listing import PHOTO_EXTENSIONS
+
+IMAGE_SUFFIXES = PHOTO_EXTENSIONS  # the one list of photo suffixes, cloak.photos.listing
 
 _LAYOUT = (
     "expected one folder per identity holding its photos, <root>/<identity>/<image> "

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin
 
-from cloak.imageio import (
+from cloak.photos import (
     MAX_PIXELS,
     CloakIOError,
     OutputLocationError,
@@ -548,7 +548,7 @@ def test_failed_encode_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_write_png_and_bytes(tmp_path):
-    from cloak.imageio import write_bytes, write_png
+    from cloak.photos import write_bytes, write_png
 
     preview = smooth_rgb()
     dest = write_png(preview, tmp_path / "previews" / "a.png")
