@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cloak.builders import build_from_config
 from cloak.photos import (
+    check_save_options,
     CloakIOError,
     LoadedPhoto,
     copy_unchanged,
@@ -70,8 +71,26 @@ def demo_input(folder: Path) -> Path:
     return path
 
 
+NO_FACE_POLICIES = ("copy", "skip")
+
+
+def option_error(cfg: DictConfig) -> str | None:
+    """What is wrong with the run's output options, checked before any photo is cloaked."""
+    if cfg.no_face not in NO_FACE_POLICIES:
+        return f"no_face must be one of {', '.join(NO_FACE_POLICIES)}, got {cfg.no_face!r}"
+    try:
+        check_save_options(int(cfg.jpeg_quality), cfg.jpeg_subsampling, metadata=str(cfg.metadata))
+    except (TypeError, ValueError) as err:
+        return str(err)
+    return None
+
+
 def run(cfg: DictConfig) -> int:
     """Cloaks the photos named by ``cfg.input`` as configured; returns the exit status."""
+    problem = option_error(cfg)
+    if problem is not None:
+        log.error("%s (see configs/cloak.yaml)", problem)
+        return 2
     if cfg.input is None:
         with tempfile.TemporaryDirectory(prefix="cloak-demo-") as tmp:
             source = demo_input(Path(tmp) / "cloak-demo")

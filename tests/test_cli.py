@@ -102,6 +102,22 @@ def test_missing_input_is_an_error(tmp_path):
     assert _run(f"input={tmp_path / 'nope'}") == 2
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("no_face=delete", "no_face"),
+        ("jpeg_quality=0", "jpeg_quality"),
+        ("jpeg_subsampling=4:1:1", "jpeg_subsampling"),
+        ("metadata=some", "metadata"),
+    ],
+)
+def test_bad_output_options_stop_the_run_before_any_cloak(photos, option, named, caplog):
+    """A typo in an output option is caught at the start (exit 2, named), not per photo after every cloak."""
+    assert _run(f"input={photos}", option) == 2
+    assert not (photos.parent / "photos_cloaked").exists()
+    assert named in caplog.text
+
+
 def test_oversized_photo_is_refused_by_name(photos):
     status = _run(f"input={photos / 'trip'}", "max_pixels=1000")
     assert status == 1

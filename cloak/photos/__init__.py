@@ -68,7 +68,14 @@ copies go), :mod:`~cloak.photos.decoding` (reading), :mod:`~cloak.photos.metadat
 
 from cloak.photos.atomic import write_bytes
 from cloak.photos.decoding import MAX_PIXELS, LoadedPhoto, load_photo
-from cloak.photos.encoding import JPEG_QUALITY, WEBP_QUALITY, copy_unchanged, save_photo, write_png
+from cloak.photos.encoding import (
+    JPEG_QUALITY,
+    WEBP_QUALITY,
+    check_save_options,
+    copy_unchanged,
+    save_photo,
+    write_png,
+)
 from cloak.photos.errors import CloakIOError, OutputLocationError, PhotoTooLargeError, UnreadablePhotoError
 from cloak.photos.listing import (
     OUTPUT_SUFFIX,
@@ -96,6 +103,7 @@ __all__ = [
     "PhotoMetadata",
     "PhotoTooLargeError",
     "UnreadablePhotoError",
+    "check_save_options",
     "copy_unchanged",
     "destination_for",
     "find_photos",

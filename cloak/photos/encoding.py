@@ -89,7 +89,7 @@ def save_photo(
         OSError: the file cannot be written (nothing is left behind).
     """
     pixels = as_uint8_hwc(rgb)
-    _check_save_options(jpeg_quality, jpeg_subsampling, webp_quality, metadata)
+    check_save_options(jpeg_quality, jpeg_subsampling, webp_quality, metadata)
     dest = Path(dest)
     _refuse_original(loaded, dest)
     image = _output_image(pixels, loaded)
@@ -147,7 +147,7 @@ def copy_unchanged(
         UnreadablePhotoError: the original cannot be read any more.
         OSError: the file cannot be written (nothing is left behind).
     """
-    _check_save_options(jpeg_quality, jpeg_subsampling, webp_quality, metadata)
+    check_save_options(jpeg_quality, jpeg_subsampling, webp_quality, metadata)
     dest = Path(dest)
     _refuse_original(loaded, dest)
     try:
@@ -199,7 +199,13 @@ def write_png(pixels: np.ndarray, dest: str | os.PathLike[str], *, overwrite: bo
     return dest
 
 
-def _check_save_options(jpeg_quality: int, jpeg_subsampling: str | int, webp_quality: int, metadata: str) -> None:
+def check_save_options(
+    jpeg_quality: int = JPEG_QUALITY,
+    jpeg_subsampling: str | int = "4:4:4",
+    webp_quality: int = WEBP_QUALITY,
+    metadata: str = "strip",
+) -> None:
+    """Raises ValueError with a clear message on a bad encoding or metadata option."""
     if metadata not in ("strip", "keep"):
         raise ValueError(f'metadata must be "strip" or "keep", got {metadata!r}')
     if not 1 <= jpeg_quality <= 100:
