@@ -133,30 +133,43 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
         jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata)
     )
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
-    for path in bar:
-        rel = path.relative_to(root)
-        dest = destination_for(path, source, output)
-        if dest.exists() and not cfg.overwrite:
-            outcome.skipped_done.append(str(rel))
-            continue
-        try:
-            loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
-            faces = parts.detector.detect(loaded.rgb)
-        except (CloakIOError, OSError, ValueError) as err:
-            outcome.failed[str(rel)] = str(err)
-            log.error("Failed: %s", err)
-            continue
-        if not faces:
-            outcome.no_face.append(str(rel))
-            if cfg.no_face == "copy":
-                _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
-            continue
-        pending.append(Pending(path, dest, loaded, faces))
-        if len(pending) >= int(cfg.batch_size):
+    try:
+        for path in bar:
+            rel = path.relative_to(root)
+            dest = destination_for(path, source, output)
+            if dest.exists() and not cfg.overwrite:
+                outcome.skipped_done.append(str(rel))
+                continue
+            try:
+                loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
+                faces = parts.detector.detect(loaded.rgb)
+            except (CloakIOError, OSError, ValueError) as err:
+                outcome.failed[str(rel)] = str(err)
+                log.error("Failed: %s", err)
+                continue
+            if not faces:
+                outcome.no_face.append(str(rel))
+                if cfg.no_face == "copy":
+                    _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
+                continue
+            pending.append(Pending(path, dest, loaded, faces))
+            if len(pending) >= int(cfg.batch_size):
+                _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+                pending = []
+                # What is done stays done: the report follows every batch, so a killed run
+                # leaves an accurate one, and the re-run skips the photos already written.
+                _write_report(output, outcome, cfg)
+        if pending:
             _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
-            pending = []
-    if pending:
-        _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        _write_report(output, outcome, cfg)
+        log.warning(
+            "Interrupted: %d photo(s) cloaked and written to %s; run the same command again to cloak the rest",
+            len(outcome.cloaked),
+            output,
+        )
+        return 130
     bar.close()
     _write_report(output, outcome, cfg)
     _summarise(outcome, output)

@@ -155,3 +155,36 @@ def test_python_api(astronaut):
     assert result.image.shape == astronaut.shape and result.image.dtype == np.uint8
     assert np.abs(result.image.astype(int) - astronaut.astype(int)).max() <= 8
     assert len(result.report.faces) == 1 and result.report.ssim > 0.9
+
+
+def test_interrupted_run_keeps_finished_photos_and_the_rerun_completes(tmp_path, astronaut, monkeypatch):
+    """Photos are written batch by batch: an interruption loses nothing finished, and the re-run does the rest."""
+    import cloak.run as run_module
+
+    root = tmp_path / "album"
+    root.mkdir()
+    for i, size in enumerate((240, 256, 272)):
+        Image.fromarray(astronaut).resize((size, size)).save(root / f"p{i}.png")
+    out = tmp_path / "album_cloaked"
+    real_batch, batches = run_module._cloak_batch, []
+
+    def interrupt_second_batch(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_cloak_batch", interrupt_second_batch)
+    assert _run(f"input={root}", "batch_size=1") == 130
+    assert sorted(p.name for p in out.glob("*.png")) == ["p0.png"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+    report = json.loads((out / "report.json").read_text())["photos"]
+    assert list(report) == ["p0.png"] and report["p0.png"]["status"] == "cloaked"
+    done = (out / "p0.png").read_bytes()
+
+    monkeypatch.setattr(run_module, "_cloak_batch", real_batch)
+    assert _run(f"input={root}", "batch_size=1") == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["p0.png", "p1.png", "p2.png"]
+    assert (out / "p0.png").read_bytes() == done, "the finished photo was redone"
+    report = json.loads((out / "report.json").read_text())["photos"]
+    assert all(report[f"p{i}.png"]["status"] == "cloaked" for i in range(3))
