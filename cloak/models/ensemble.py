@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from cloak.models.base import FaceEmbedder
 from cloak.transforms import gaussian_blur
+
+log = logging.getLogger(__name__)
 
 
 class GaussianSmoothed(FaceEmbedder):
@@ -83,6 +87,46 @@ class Ensemble(nn.Module):
 
     def __len__(self) -> int:
         return len(self.members)
+
+
+def build_ensemble(
+    members: Mapping[str, Any],
+    weights: Mapping[str, float] | None = None,
+    optional: Sequence[str] = (),
+    normalise: bool = True,
+) -> Ensemble:
+    """An :class:`Ensemble` from member configs; ``optional`` members join only when their weights are here.
+
+    Args:
+        members: name -> a Hydra config of a :class:`FaceEmbedder` (a ``_target_`` node),
+            or an embedder already built.
+        weights: name -> weight (see :class:`Ensemble`).
+        optional: members left out, with a log line, when loading them raises
+            :class:`~cloak.models.weights.WeightsUnavailableError` (e.g. facenet weights
+            that were never downloaded); any other member's failure is an error.
+        normalise: see :class:`Ensemble`.
+    """
+    from hydra.utils import instantiate
+
+    from cloak.models.weights import WeightsUnavailableError
+
+    unknown = set(optional) - set(members)
+    if unknown:
+        raise ValueError(f"optional names unknown members {sorted(unknown)}; members are {sorted(members)}")
+    built: dict[str, FaceEmbedder] = {}
+    for name, spec in members.items():
+        try:
+            built[name] = spec if isinstance(spec, FaceEmbedder) else instantiate(spec)
+        except Exception as err:
+            # Hydra wraps the loader's error; look for the missing-weights one in the chain.
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, WeightsUnavailableError):
+                cause = cause.__cause__
+            if cause is None or name not in optional:
+                raise
+            log.info("Ensemble member %s left out: %s", name, str(cause).split(". ")[0])
+    weights = {k: v for k, v in (weights or {}).items() if k in built}
+    return Ensemble(built, weights, normalise=normalise)
 
 
 def loss_scale(model: FaceEmbedder) -> float:
