@@ -1,4 +1,7 @@
-"""``python -m cloak [PHOTOS] [overrides...]``: a thin Hydra entry around :func:`cloak.run.run`."""
+"""``python -m cloak [PHOTOS] [overrides...]``: a thin Hydra entry around :func:`cloak.run.run`.
+
+``python -m cloak serve [overrides...]`` serves the web page instead (:func:`cloak.web.server.serve`).
+"""
 
 from __future__ import annotations
 
@@ -32,8 +35,21 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+@hydra.main(config_path=str(config_dir()), config_name="serve", version_base="1.3")
+def _hydra_serve(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from cloak.web.server import serve
+
+    serve(cfg, default_strength=HydraConfig.get().runtime.choices.get("strength"))
+
+
 def main() -> None:
     """Console entry point."""
+    if sys.argv[1:2] == ["serve"]:  # a folder named serve: python -m cloak ./serve
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        _hydra_serve()
+        return
     sys.argv = [sys.argv[0], *_input_as_override(sys.argv[1:])]
     _hydra_main()
 

@@ -1,0 +1,95 @@
+"""The strength presets the page offers, each with its attack built once at startup.
+
+The presets are the ``strength`` config group (``low``, ``mid``, ``high``): they
+differ only in the L-inf budget, the number of steps and the perceptual budget,
+so one attack per preset shares the run's model and detector. ``strength=`` picks
+the preset the page starts with; fields of ``cfg.strength`` that differ from that
+preset's file (``strength.steps=2``) are overrides and apply to every preset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from cloak.attacks import Attack
+from cloak.builders import build_from_config
+from cloak.config import config_dir
+
+log = logging.getLogger(__name__)
+
+#: The presets, weakest first, as the page lists them.
+PRESET_NAMES = ("low", "mid", "high")
+
+
+@dataclass(frozen=True)
+class StrengthPreset:
+    """One strength the page offers.
+
+    Attributes:
+        name: ``"low"``, ``"mid"`` or ``"high"``.
+        eps: L-inf budget in 0-255 pixel units.
+        steps: optimisation steps.
+        max_dssim: perceptual budget of the face region.
+        attack: the attack configured with this strength.
+    """
+
+    name: str
+    eps: float
+    steps: int
+    max_dssim: float | None
+    attack: Attack
+
+
+def preset_file(name: str) -> DictConfig:
+    """The ``strength/<name>.yaml`` config as written, without overrides."""
+    path = config_dir() / "strength" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"strength preset {name!r} not found at {path}; reinstall cloak")
+    loaded = OmegaConf.load(path)
+    assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def chosen_preset(strength: DictConfig) -> str:
+    """The preset ``cfg.strength`` was composed from: the one with the same ``eps`` (else ``mid``)."""
+    for name in PRESET_NAMES:
+        if float(preset_file(name).eps) == float(strength.eps):
+            return name
+    log.warning("strength.eps=%s matches no preset; the page starts with mid", strength.eps)
+    return "mid"
+
+
+def build_presets(cfg: DictConfig, default: str | None = None) -> tuple[dict[str, StrengthPreset], str]:
+    """Builds one attack per preset from the run's config.
+
+    Args:
+        cfg: the composed ``serve`` (or ``cloak``) config.
+        default: the preset ``strength=`` chose (from Hydra's choices); ``None``
+            to find it by its ``eps``.
+
+    Returns:
+        The presets by name, and the name of the page's default one.
+    """
+    default = default if default in PRESET_NAMES else chosen_preset(cfg.strength)
+    own = preset_file(default)
+    overrides = {k: v for k, v in cfg.strength.items() if k not in own or own[k] != v}
+    if overrides:
+        log.info("Strength overrides for every preset: %s", overrides)
+    presets = {}
+    for name in PRESET_NAMES:
+        strength = OmegaConf.merge(preset_file(name), overrides)
+        run_cfg = cfg.copy()
+        run_cfg.strength = strength
+        attack = build_from_config(run_cfg, need_model=False, need_detector=False).attack
+        assert attack is not None
+        presets[name] = StrengthPreset(
+            name=name,
+            eps=float(strength.eps),
+            steps=int(attack.steps),
+            max_dssim=strength.get("max_dssim"),
+            attack=attack,
+        )
+    return presets, default
