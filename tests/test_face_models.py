@@ -131,3 +131,29 @@ def test_our_alignment_agrees_with_dlibs_pipeline(dlib_model, lfw_dev):
     mean, n = alignment_agreement(dlib_model, lfw_dev, limit=40)
     assert n >= 30
     assert mean >= 0.97, f"mean cosine {mean:.4f} between our and dlib's alignment over {n} faces"
+
+
+def test_ensemble_leaves_out_optional_members_without_weights(tmp_path):
+    """facenet joins the default ensemble only when its weights are on the machine; nothing is downloaded."""
+    from omegaconf import OmegaConf
+
+    from cloak.models.ensemble import build_ensemble
+    from cloak.models.weights import WeightsUnavailableError
+
+    missing = {
+        "_target_": "cloak.models.facenet.load_facenet",
+        "weights": str(tmp_path / "absent.pt"),
+        "download": False,
+    }
+    members = OmegaConf.create({"dlib": {"_target_": "cloak.models.dlib_resnet.DlibResNet"}, "facenet": missing})
+    ens = build_ensemble(members, weights={"dlib": 1.0, "facenet": 2.0}, optional=["facenet"])
+    assert list(ens.weights) == ["dlib"] and ens.weights["dlib"] == pytest.approx(1.0)
+    with pytest.raises(Exception) as err:
+        build_ensemble(members)
+    chain, cause = [], err.value
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(c, WeightsUnavailableError) for c in chain)
+    with pytest.raises(ValueError, match="unknown members"):
+        build_ensemble(members, optional=["arcface"])
