@@ -24,7 +24,7 @@ from cloak.detection import Face, FaceDetector
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import pixels, to_uint8
-from cloak.quality import psnr, ssim
+from cloak.quality import FACE_BOX_GROWTH, face_quality, psnr, ssim
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ class FaceReport:
     after a JPEG q75 re-encode); ``threshold[model]`` is the model's own
     same-person threshold (None when the model has none): above it, the model
     no longer matches the cloaked face to the original.
+
+    The image quality of the face itself, measured on its box grown by
+    :data:`~cloak.quality.FACE_BOX_GROWTH` (see :func:`cloak.quality.face_quality`):
+    ``ssim`` (mean), ``ssim_p5`` (5th percentile of the local SSIM map: texture
+    on flat skin shows there first), ``psnr`` (dB) and ``perceptual`` (HaarPSI,
+    1 = identical; None for faces under 16 pixels).
     """
 
     box: list[float]
@@ -48,15 +54,26 @@ class FaceReport:
     distance: dict[str, float] = field(default_factory=dict)
     distance_jpeg75: dict[str, float] = field(default_factory=dict)
     threshold: dict[str, float | None] = field(default_factory=dict)
+    ssim: float | None = None
+    ssim_p5: float | None = None
+    psnr: float | None = None
+    perceptual: float | None = None
 
 
 @dataclass
 class PhotoReport:
-    """One photo: its faces and the cloaked copy's quality against the original."""
+    """One photo: its faces and the cloaked copy's quality against the original.
+
+    ``ssim`` and ``psnr`` are over the whole photo; ``face_ssim`` and
+    ``face_ssim_p5`` are those of its worst face (None without faces), which is
+    where a cloak shows.
+    """
 
     faces: list[FaceReport]
     ssim: float
     psnr: float
+    face_ssim: float | None = None
+    face_ssim_p5: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,10 +129,17 @@ def measure(
                 r.distance[name] = float(dist)
                 r.distance_jpeg75[name] = float(dist_j)
                 r.threshold[name] = m.match_threshold
+        boxes = torch.as_tensor(np.stack([f.box for f in faces]), dtype=torch.float64)
+        quality = face_quality(a, b, boxes, growth=FACE_BOX_GROWTH)
+        for r, values in zip(reports, zip(*quality)):
+            r.ssim, r.ssim_p5, r.psnr, perceptual = (float(v) for v in values)
+            r.perceptual = None if np.isnan(perceptual) else perceptual
     return PhotoReport(
         faces=reports,
         ssim=float(ssim(a.unsqueeze(0), b.unsqueeze(0))[0]),
         psnr=float(psnr(a.unsqueeze(0), b.unsqueeze(0))[0]),
+        face_ssim=min((r.ssim for r in reports), default=None),
+        face_ssim_p5=min((r.ssim_p5 for r in reports), default=None),
     )
 
 

@@ -175,3 +175,32 @@ def test_percentile_and_haarpsi_errors():
         ssim_percentile(x, x, q=150)
     with pytest.raises(ValueError, match="at least 16x16"):
         haarpsi(x, x)
+
+
+def test_measure_reports_each_faces_region_quality(tiny_embedder):
+    import numpy as np
+
+    from cloak.detection import Face
+    from cloak.protect import measure
+
+    g = np.random.default_rng(0)
+    original = np.full((80, 96, 3), 150, np.uint8)
+    cloaked = original.copy()
+    cloaked[10:40, 10:40] = np.clip(150 + g.normal(0, 6, (30, 30, 3)), 0, 255).astype(np.uint8)
+    landmarks = np.array([[18.0, 20], [30, 20], [24, 26], [19, 32], [29, 32]])
+    faces = [
+        Face(box=np.array([10.0, 10, 40, 40]), score=0.99, landmarks=landmarks),
+        Face(box=np.array([55.0, 30, 85, 70]), score=0.98, landmarks=landmarks + np.array([45.0, 20.0])),
+    ]
+    report = measure(original, cloaked, faces, tiny_embedder(dtype=torch.float32))
+    expected = face_quality(
+        torch.from_numpy(original).permute(2, 0, 1) / 255.0,
+        torch.from_numpy(cloaked).permute(2, 0, 1) / 255.0,
+        torch.tensor(np.stack([f.box for f in faces])),
+    )
+    noisy, clean = report.faces
+    assert noisy.ssim == pytest.approx(float(expected.ssim[0]), abs=1e-5)
+    assert noisy.ssim_p5 < noisy.ssim < 0.99 and noisy.perceptual < 1
+    assert clean.ssim == pytest.approx(1.0) and clean.psnr == math.inf
+    assert report.face_ssim == noisy.ssim and report.face_ssim_p5 == noisy.ssim_p5
+    assert report.face_ssim < report.ssim, "the whole photo's SSIM hides the face's"
