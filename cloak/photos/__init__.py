@@ -22,11 +22,15 @@ Decisions, in one place:
   own ICC profile when it has one (the copy then carries an sRGB profile),
   otherwise with Pillow's plain formula.
 * **Formats.** A copy is written in the format of the original's *content*
-  (JPEG, PNG, WEBP, TIFF or BMP; an MPO is written as a plain JPEG holding its
-  first picture). JPEG is re-encoded at quality 95 without chroma subsampling
-  (4:4:4) by default, keeping progressive encoding; PNG, BMP and lossless WEBP
-  are lossless; lossy WEBP uses quality 95; TIFF keeps a lossless compression
-  (LZW, Deflate, PackBits, none) and turns a lossy one into LZW.
+  (JPEG, PNG, WEBP, TIFF, BMP, HEIC/HEIF or AVIF; an MPO is written as a plain
+  JPEG holding its first picture). JPEG is re-encoded at quality 95 without
+  chroma subsampling (4:4:4) by default, keeping progressive encoding; PNG, BMP
+  and lossless WEBP are lossless; lossy WEBP uses quality 95; TIFF keeps a
+  lossless compression (LZW, Deflate, PackBits, none) and turns a lossy one into
+  LZW. Phone photos: HEIC/HEIF (read and written with pillow-heif) and AVIF
+  (Pillow's own plugin) are re-encoded at quality 95 with 4:4:4 chroma, at full
+  resolution; their embedded thumbnails, depth maps and other auxiliary images
+  are not carried over.
 * **Bit depth and mode.** Copies are 8 bits per channel: a 16-bit or float
   original is written at 8 bits. Grayscale originals (``1``, ``L``, ``LA``,
   ``I;16*``, ``I``, ``F``) are written as grayscale (``L``/``LA``), so the colour
@@ -41,8 +45,8 @@ Decisions, in one place:
   EXIF *including GPS*, XMP, the JPEG comment and PNG text chunks are carried
   over, with the EXIF orientation reset to 1 because the pixels are written
   upright. Never carried, in either mode: embedded thumbnails and previews
-  (EXIF IFD1, JFIF thumbnails, Photoshop/IPTC blocks), which would show the
-  uncloaked face.
+  (EXIF IFD1, JFIF thumbnails, Photoshop/IPTC blocks, HEIF thumbnail items),
+  which would show the uncloaked face.
 * **Photos without a face.** :func:`copy_unchanged` copies them with the same
   metadata policy: stripped by default (losslessly for JPEG, PNG and WEBP, by
   removing the metadata blocks), byte for byte with ``metadata="keep"``.
@@ -69,6 +73,8 @@ copies go), :mod:`~cloak.photos.decoding` (reading), :mod:`~cloak.photos.metadat
 from cloak.photos.atomic import write_bytes
 from cloak.photos.decoding import MAX_PIXELS, LoadedPhoto, load_photo
 from cloak.photos.encoding import (
+    AVIF_QUALITY,
+    HEIF_QUALITY,
     JPEG_QUALITY,
     WEBP_QUALITY,
     check_save_options,
@@ -90,6 +96,8 @@ from cloak.photos.metadata import MetadataPolicy, PhotoMetadata
 from cloak.photos.pixels import to_tensor, to_uint8
 
 __all__ = [
+    "AVIF_QUALITY",
+    "HEIF_QUALITY",
     "JPEG_QUALITY",
     "MAX_PIXELS",
     "OUTPUT_SUFFIX",

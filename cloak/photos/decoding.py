@@ -4,6 +4,11 @@ Pixels come out upright (EXIF orientation applied with
 :func:`PIL.ImageOps.exif_transpose`) and 8-bit RGB whatever the file's mode; see
 :mod:`cloak.photos` for the decisions. Photos above ``max_pixels`` are refused
 from their header, before decoding, as a guard against decompression bombs.
+
+Phone formats: HEIC/HEIF is read through pillow-heif, whose opener is
+registered with Pillow once, on the first read (:func:`enable_heif`); libheif
+turns those pixels upright itself. AVIF is read by Pillow's own AVIF plugin
+(Pillow 11.3 or newer; pillow-heif 1.x no longer reads AVIF).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps, features
 
 from cloak.photos.errors import CloakIOError, PhotoTooLargeError, UnreadablePhotoError
 from cloak.photos.listing import SUFFIX_FORMATS
@@ -42,6 +47,8 @@ _FORMAT_ALIASES = {
     "TIFF": "TIFF",
     "BMP": "BMP",
     "DIB": "BMP",
+    "HEIF": "HEIF",
+    "AVIF": "AVIF",
 }
 
 _GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -60,8 +67,8 @@ class LoadedPhoto:
     Attributes:
         path: the file it came from.
         rgb: ``[H, W, 3]`` uint8, upright.
-        format: ``"JPEG"``, ``"PNG"``, ``"WEBP"``, ``"TIFF"`` or ``"BMP"``: the format
-            the copy is written in.
+        format: ``"JPEG"``, ``"PNG"``, ``"WEBP"``, ``"TIFF"``, ``"BMP"``, ``"HEIF"``
+            (HEIC) or ``"AVIF"``: the format the copy is written in.
         mode: the file's Pillow mode (``"RGB"``, ``"L"``, ``"I;16"``, ``"CMYK"``, ...).
         alpha: ``[H, W]`` uint8 alpha (upright) for RGBA, LA, PA and palette or
             colour-key transparency, else ``None``.
@@ -73,6 +80,8 @@ class LoadedPhoto:
         progressive: whether a JPEG was progressive.
         webp_lossless: whether a WEBP was lossless (VP8L).
         tiff_compression: Pillow's name of a TIFF's compression, or ``None``.
+        nclx_profile: a HEIF's colour description (primaries, transfer,
+            matrix, range) as pillow-heif reports it, or ``None``.
         n_frames: frames or pages in the file; only the first is used.
     """
 
@@ -88,6 +97,7 @@ class LoadedPhoto:
     progressive: bool = False
     webp_lossless: bool = False
     tiff_compression: str | None = None
+    nclx_profile: dict[str, Any] | None = None
     n_frames: int = 1
 
     @property
@@ -140,6 +150,7 @@ def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = MAX_PIX
 
 def read_photo(source: Path | IO[bytes], path: Path, max_pixels: int | None, *, quiet: bool = False) -> LoadedPhoto:
     """:func:`load_photo` for a file or an in-memory stream; ``path`` names it in errors."""
+    enable_heif()
     try:
         with _pil_pixel_limit(max_pixels), Image.open(source) as image:
             _check_pixels(path, image.size, max_pixels)
@@ -163,7 +174,7 @@ def read_photo(source: Path | IO[bytes], path: Path, max_pixels: int | None, *, 
     except Exception as exc:  # decoders raise many kinds of errors on bad data
         raise UnreadablePhotoError(
             f"{path}: cannot read this photo ({type(exc).__name__}: {exc}); "
-            "the file may be corrupt, truncated, or not an image",
+            f"the file may be corrupt, truncated, or not an image{_missing_codec_hint(path)}",
             path,
         ) from exc
 
@@ -226,6 +237,7 @@ def _decode(image: Image.Image, source: Path | IO[bytes], path: Path, *, quiet: 
         logger.warning("%s has %d frames; only the first is read and written", path, n_frames)
     progressive = bool(image.info.get("progressive") or image.info.get("progression"))
     tiff_compression = image.info.get("compression") if fmt == "TIFF" else None
+    nclx_profile = image.info.get("nclx_profile") if fmt == "HEIF" else None
 
     orientation = _apply_orientation(image, path)
     rgb, alpha, icc_profile = _to_rgb(image)
@@ -249,6 +261,7 @@ def _decode(image: Image.Image, source: Path | IO[bytes], path: Path, *, quiet: 
         progressive=progressive,
         webp_lossless=webp_lossless,
         tiff_compression=tiff_compression if isinstance(tiff_compression, str) else None,
+        nclx_profile=dict(nclx_profile) if isinstance(nclx_profile, dict) else None,
         n_frames=n_frames,
     )
 
@@ -270,6 +283,9 @@ def _format_of(pil_format: str | None, path: Path, *, quiet: bool = False) -> st
 
 def _apply_orientation(image: Image.Image, path: Path) -> int:
     """Makes ``image`` upright in place per its EXIF orientation; returns the orientation."""
+    already_applied = image.info.get("original_orientation")  # pillow-heif: libheif turned it upright
+    if isinstance(already_applied, int) and 1 <= already_applied <= 8:
+        return already_applied
     try:
         orientation = image.getexif().get(_ORIENTATION, 1)
         ImageOps.exif_transpose(image, in_place=True)
@@ -372,3 +388,30 @@ def _webp_is_lossless(data: bytes) -> bool:
     except ValueError:
         pass
     return False
+
+
+@lru_cache(maxsize=1)
+def enable_heif() -> bool:
+    """Lets Pillow read and write HEIC/HEIF by registering pillow-heif's plugin, once.
+
+    Returns:
+        Whether pillow-heif is installed (when it is not, HEIC photos cannot be
+        read and :func:`load_photo` says so).
+    """
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        logger.debug("pillow-heif is not installed; HEIC/HEIF photos cannot be read")
+        return False
+    register_heif_opener()
+    return True
+
+
+def _missing_codec_hint(path: Path) -> str:
+    """What to install when a phone format cannot be read here, else ``""``."""
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt == "HEIF" and not enable_heif():
+        return "; reading HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)"
+    if fmt == "AVIF" and not features.check("avif"):
+        return "; reading AVIF needs Pillow 11.3 or newer built with AVIF support (pip install -U pillow)"
+    return ""

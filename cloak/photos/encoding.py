@@ -3,8 +3,10 @@
 JPEG is re-encoded at :data:`JPEG_QUALITY` without chroma subsampling (4:4:4) by
 default, keeping progressive encoding; PNG, BMP and lossless WEBP are lossless;
 lossy WEBP uses :data:`WEBP_QUALITY`; TIFF keeps a lossless compression (LZW,
-Deflate, PackBits, none) and turns a lossy one into LZW. Every write is atomic
-(:mod:`cloak.photos.atomic`).
+Deflate, PackBits, none) and turns a lossy one into LZW. Phone photos stay in
+their format: HEIC/HEIF is written with pillow-heif (HEVC) at :data:`HEIF_QUALITY`
+and AVIF with Pillow's AVIF plugin at :data:`AVIF_QUALITY`, both with
+:data:`PHONE_SUBSAMPLING` chroma. Every write is atomic (:mod:`cloak.photos.atomic`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from cloak.photos.atomic import atomic_write
-from cloak.photos.decoding import LoadedPhoto
+from cloak.photos.decoding import LoadedPhoto, enable_heif
 from cloak.photos.errors import OutputLocationError, UnreadablePhotoError
 from cloak.photos.metadata import MetadataPolicy, kept_metadata_params
 from cloak.photos.pixels import as_uint8_hwc, describe
@@ -33,6 +35,18 @@ JPEG_QUALITY: int = 95
 WEBP_QUALITY: int = 95
 """Default quality of lossy WEBP copies (lossless originals stay lossless)."""
 
+HEIF_QUALITY: int = 95
+"""Quality of HEIC/HEIF copies (pillow-heif's 0-100 scale): high, as for JPEG. On the
+512x512 astronaut at 4:4:4 it gives 48.9 dB PSNR (JPEG 95: 41.2 dB)."""
+
+AVIF_QUALITY: int = 95
+"""Quality of AVIF copies (Pillow's 0-100 scale; 100 is near lossless). On the
+512x512 astronaut at 4:4:4 it gives 43.2 dB PSNR (JPEG 95: 41.2 dB)."""
+
+PHONE_SUBSAMPLING: str = "4:4:4"
+"""Chroma subsampling of HEIC/HEIF and AVIF copies: none, as for JPEG, because
+subsampling would wipe the cloak's colour detail (phones write 4:2:0)."""
+
 # What each format can store.
 _WRITABLE_MODES = {
     "JPEG": {"L", "RGB"},
@@ -40,7 +54,10 @@ _WRITABLE_MODES = {
     "WEBP": {"RGB", "RGBA"},
     "TIFF": {"L", "LA", "RGB", "RGBA"},
     "BMP": {"L", "RGB", "RGBA"},
+    "HEIF": {"L", "RGB", "RGBA"},
+    "AVIF": {"RGB", "RGBA"},
 }
+_DPI_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "BMP"})
 _LOSSLESS_TIFF_COMPRESSIONS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"}
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2, 0: 0, 1: 1, 2: 2}
@@ -74,9 +91,11 @@ def save_photo(
             default: the cloak lives in fine colour detail), ``"4:2:2"`` or
             ``"4:2:0"`` (or Pillow's 0, 1, 2).
         webp_quality: quality of a lossy WEBP, 1-100 (lossless originals stay lossless).
+            HEIC/HEIF and AVIF use :data:`HEIF_QUALITY` and :data:`AVIF_QUALITY`.
         metadata: ``"strip"`` writes no EXIF/GPS, XMP, comments or text, only
-            the ICC profile and dpi; ``"keep"`` also writes EXIF (GPS included)
-            with orientation 1, XMP, comments and PNG text. BMP stores none.
+            the ICC profile (for HEIF also its nclx colour description) and dpi;
+            ``"keep"`` also writes EXIF (GPS included) with orientation 1, XMP,
+            comments and PNG text. BMP stores none.
         overwrite: replace an existing ``dest``.
 
     Returns:
@@ -93,6 +112,8 @@ def save_photo(
     dest = Path(dest)
     _refuse_original(loaded, dest)
     image = _output_image(pixels, loaded)
+    if loaded.format == "HEIF" and not enable_heif():
+        raise ValueError(f"{dest}: writing HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)")
     params = _encoder_params(loaded, image.mode, metadata, jpeg_quality, jpeg_subsampling, webp_quality)
 
     def write(file: IO[bytes]) -> None:
@@ -123,8 +144,8 @@ def copy_unchanged(
       no re-encoding loss (a JPEG keeps a minimal EXIF holding only its
       orientation, so it still displays upright; trailing data such as an MPO's
       second picture or a motion photo's video is dropped). BMP stores no
-      metadata and is copied as is. Other cases (TIFF, a PNG or WEBP with an
-      orientation) are re-encoded upright with :func:`save_photo`. Every
+      metadata and is copied as is. Other cases (TIFF, HEIC/HEIF, AVIF, a PNG
+      or WEBP with an orientation) are re-encoded upright with :func:`save_photo`. Every
       stripped copy is decoded again and compared with ``loaded``; on any
       difference the photo is re-encoded instead.
     * ``metadata="keep"``: the file is copied byte for byte.
@@ -275,9 +296,13 @@ def _encoder_params(
         if compression not in _LOSSLESS_TIFF_COMPRESSIONS:
             compression = "tiff_lzw"
         params.update(compression=compression)
+    elif fmt in ("HEIF", "AVIF"):
+        params.update(quality=HEIF_QUALITY if fmt == "HEIF" else AVIF_QUALITY, subsampling=PHONE_SUBSAMPLING)
+        if fmt == "HEIF" and loaded.nclx_profile:
+            params.update(nclx_profile=dict(loaded.nclx_profile))
     if icc and fmt != "BMP":
         params.update(icc_profile=icc)
-    if loaded.dpi and fmt != "WEBP":
+    if loaded.dpi and fmt in _DPI_FORMATS:
         params.update(dpi=loaded.dpi)
     if metadata == "keep":
         params.update(kept_metadata_params(loaded.metadata, loaded.format, loaded.path))

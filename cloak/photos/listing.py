@@ -19,6 +19,9 @@ SUFFIX_FORMATS: dict[str, str] = {
     ".bmp": "BMP",
     ".tif": "TIFF",
     ".tiff": "TIFF",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
 }
 """The one list of photo file suffixes (lower case), each with the format its copy is
 written in when the file's content does not say (see :mod:`cloak.photos.decoding`)."""

@@ -148,7 +148,7 @@ def kept_metadata_params(meta: PhotoMetadata, fmt: str, path: Path) -> dict[str,
                 else:
                     info.add_itxt(key, value)
             params["pnginfo"] = info
-    elif fmt == "WEBP":
+    elif fmt in ("WEBP", "HEIF", "AVIF"):
         if meta.exif:
             params["exif"] = meta.exif
         if meta.xmp:
