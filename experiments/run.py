@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cloak.config import config_dir
-from cloak.evaluation.experiment import DatasetError, ExperimentResults, run_experiment
+from cloak.evaluation.dataset import DatasetError
+from cloak.evaluation.protocol import run_experiment
 from cloak.evaluation.report import write_report
+from cloak.evaluation.results import ExperimentResults
+from cloak.evaluation.sweep import SweepError
 
 log = logging.getLogger("experiments")
 
 
 def _in_hydra() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
     return HydraConfig.initialized()
 
 
@@ -46,22 +49,29 @@ def output_dir(cfg: DictConfig) -> Path:
     if cfg.get("output_dir"):
         return resolve_path(cfg.output_dir)
     if _in_hydra():
-        from hydra.core.hydra_config import HydraConfig
-
         return Path(HydraConfig.get().runtime.output_dir)
     raise ValueError("output_dir is not set and no Hydra run folder exists; pass output_dir=<folder>")
 
 
-def run(cfg: DictConfig) -> ExperimentResults:
+def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentResults:
     """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
 
     Results (without plots) are rewritten after each transform of each setting,
     so a long sweep leaves partial results behind if it is stopped.
 
+    Args:
+        cfg: a composed ``evaluate`` config.
+        overrides: the Hydra overrides ``cfg`` was composed with; the settings of
+            its sweep are composed from them. None: those of the running Hydra
+            app, or none outside one.
+
     Raises:
         FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too
             small data folder (with what was expected and how to set ``data.root``).
+        SweepError: on a sweep entry that does not compose (named in the message).
     """
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if _in_hydra() else []
     if cfg.get("torch_threads"):
         import torch
 
@@ -79,7 +89,7 @@ def run(cfg: DictConfig) -> ExperimentResults:
             log.info("Wrote %s", ", ".join(str(p) for p in files.values()))
 
     cache = resolve_path(cfg.cache_dir) if cfg.get("cache_dir") else None
-    results = run_experiment(cfg, root, config_dir(), cache_dir=cache, on_setting=save)
+    results = run_experiment(cfg, root, cache_dir=cache, on_progress=save, overrides=overrides)
     save(results, final=True)
     return results
 
@@ -88,7 +98,7 @@ def run(cfg: DictConfig) -> ExperimentResults:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (FileNotFoundError, NotADirectoryError, DatasetError) as err:
+    except (FileNotFoundError, NotADirectoryError, DatasetError, SweepError) as err:
         log.error("%s", err)
         sys.exit(2)
 

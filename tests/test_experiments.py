@@ -1,4 +1,4 @@
-"""The evaluation experiments: protocol pieces on known answers, reports on fake numbers, an lfw-dev smoke run."""
+"""The evaluation experiments: protocol pieces on known answers, sweeps, reports on fake numbers, an lfw-dev run."""
 
 from __future__ import annotations
 
@@ -14,35 +14,23 @@ from PIL import Image
 
 from cloak.config import config_dir, load_config
 from cloak.detection import Face
-from cloak.evaluation.experiment import (
-    DatasetError,
-    EmbeddingCache,
-    ExperimentResults,
-    PhotoEmbedder,
-    ProtectionRow,
-    QualityRow,
-    Setting,
-    auto_label,
-    compose_transform,
-    load_photos,
-    quality_row,
-    random_noise,
+from cloak.evaluation.baselines import random_noise
+from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
+from cloak.evaluation.dataset import DatasetError, select_photos
+from cloak.evaluation.plots import downscale_axis, jpeg_axis
+from cloak.evaluation.protocol import quality_row
+from cloak.evaluation.report import headline_rows, load_results, markdown_table, matrix_rows, pct, write_report
+from cloak.evaluation.results import ExperimentResults, ProtectionRow, QualityRow, Setting
+from cloak.evaluation.sweep import SweepError, sweep_settings
+from cloak.evaluation.tracker_registry import (
+    NATIVE_TRACKERS,
+    NativeTracker,
+    build_pipelines,
+    model_trackers,
     relation,
-    setting_configs,
-    tracker_protection,
+    tracker_names,
 )
-from cloak.evaluation.pipelines import Embedded
-from cloak.evaluation.platform import downscale, jpeg
-from cloak.evaluation.report import (
-    downscale_axis,
-    headline_rows,
-    jpeg_axis,
-    load_results,
-    markdown_table,
-    matrix_rows,
-    pct,
-    write_report,
-)
+from cloak.evaluation.trackers import Embedded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,20 +39,14 @@ def _cfg(*overrides: str):
     return load_config(list(overrides), config_name="evaluate")
 
 
+def _settings(*overrides: str):
+    """The sweep settings of the evaluate config composed with ``overrides``."""
+    return sweep_settings(_cfg(*overrides), overrides)
+
+
 # ---------------------------------------------------------------------------
 # Protocol pieces
 # ---------------------------------------------------------------------------
-
-
-def test_composed_transform_applies_its_parts_in_order():
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    got = np.asarray(compose_transform("jpeg75+down0.5")(img))
-    want = np.asarray(downscale(jpeg(img, 75), 0.5))
-    assert np.array_equal(got, want)
-    assert np.array_equal(np.asarray(compose_transform("jpeg75")(img)), np.asarray(jpeg(img, 75)))
-    with pytest.raises(ValueError, match="unknown platform transform"):
-        compose_transform("jpeg75+sepia")
 
 
 class _Square:
@@ -119,56 +101,13 @@ def test_quality_row_averages_changed_photos_only():
     assert quality_row("s", "cloak", [a], [a]).n_photos == 0
 
 
-def _emb(rows, found=None) -> Embedded:
-    rows = np.asarray(rows, dtype=np.float32)
-    return Embedded(rows, np.ones(len(rows), bool) if found is None else np.asarray(found))
-
-
-def test_tracker_protection_on_known_embeddings():
-    e = np.eye(4)
-    # u1's shared photos sit at e0; u2's at e1, one of them with no face found (dropped).
-    shared = _emb([e[0], e[0], e[1], e[3]], found=[True, True, True, False])
-    shared_labels = ["u1", "u1", "u2", "u2"]
-    distractors = _emb([e[2], e[2] * 0.9 + e[3] * 0.1])
-    distractor_labels = ["d", "d"]
-    # u1's probes: one near e0 (right), one near e2 (a distractor: wrong). u2's: one near e1 (right),
-    # one near e0 (u1 in the classifier: wrong; alone in its rank-1 gallery u2 is nearer than d), one without a face.
-    probes = _emb(
-        [e[0] + 0.1 * e[1], e[2] + 0.1 * e[0], e[1] + 0.1 * e[2], e[0] + 0.6 * e[1], e[3]],
-        found=[True, True, True, True, False],
-    )
-    probe_labels = ["u1", "u1", "u2", "u2", "u2"]
-    scores = tracker_protection(shared, shared_labels, distractors, distractor_labels, probes, probe_labels)
-    knn = scores["knn1"]
-    assert knn.protection == pytest.approx(3 / 5)
-    assert knn.per_user == {"u1": 0.5, "u2": pytest.approx(2 / 3)}
-    assert knn.n_probes == 5 and knn.n_probes_no_face == 1
-    assert scores["rank1"].protection == pytest.approx(2 / 5)
-    assert scores["rank1"].per_user == {"u1": 0.5, "u2": pytest.approx(1 / 3)}
-    assert 0 <= scores["logreg"].protection <= 1
-
-
-def test_tracker_protection_counts_a_user_with_no_training_face_as_protected():
-    e = np.eye(3)
-    shared = _emb([e[0]], found=[False])
-    scores = tracker_protection(shared, ["u"], _emb([e[1], e[2]]), ["a", "b"], _emb([e[0]]), ["u"], ["knn1", "rank1"])
-    assert scores["knn1"].protection == 1.0 and scores["rank1"].protection == 1.0
-
-
-def test_tracker_protection_rejects_bad_input():
-    e = np.eye(2)
-    with pytest.raises(ValueError, match="length"):
-        tracker_protection(_emb([e[0]]), ["u", "u"], _emb([e[1]]), ["d"], _emb([e[0]]), ["u"])
-    with pytest.raises(ValueError, match="metric"):
-        tracker_protection(_emb([e[0]]), ["u"], _emb([e[1]]), ["d"], _emb([e[0]]), ["u"], ["svm"])
-
-
 class _CountingPipeline:
     """A fake tracker whose embedding of a photo is its mean grey level; counts the photos it embeds."""
 
     trackers = ["fake"]
 
-    def __init__(self) -> None:
+    def __init__(self, **options) -> None:
+        self.options = options
         self.seen = 0
 
     def embed(self, photos, progress=None):
@@ -185,6 +124,7 @@ def test_embedding_cache_embeds_only_photos_it_lacks(tmp_path):
     first = _CountingPipeline()
     PhotoEmbedder([first], EmbeddingCache(tmp_path / "cache", "fp")).paths(paths[:2], None, "none", "clean")
     assert first.seen == 2
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"fake-none-{EmbeddingCache(tmp_path, 'fp').tag}.npz"]
     again = _CountingPipeline()
     got = PhotoEmbedder([again], EmbeddingCache(tmp_path / "cache", "fp")).paths(paths, None, "none", "clean")["fake"]
     assert again.seen == 1
@@ -195,15 +135,70 @@ def test_embedding_cache_embeds_only_photos_it_lacks(tmp_path):
     assert other.seen == 6
 
 
+def test_photos_are_read_upright(tmp_path):
+    """The embedder reads photos with the photo loader, which applies the EXIF orientation."""
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was rotated: display turned 90 degrees clockwise
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(path, exif=exif)
+    shapes = []
+
+    class _Shapes(_CountingPipeline):
+        def embed(self, photos, progress=None):
+            shapes.extend(p.shape for p in photos)
+            return super().embed(photos, progress)
+
+    PhotoEmbedder([_Shapes()]).paths([path], None, "none", "clean")
+    assert shapes == [(20, 10, 3)]
+
+
+# ---------------------------------------------------------------------------
+# Trackers: the model zoo and the native pipelines
+# ---------------------------------------------------------------------------
+
+
+def test_model_trackers_are_the_single_model_configs_of_the_zoo():
+    zoo = {p.stem for p in (config_dir() / "model").glob("*.yaml")}
+    assert {"dlib_resnet", "facenet_vggface2", "facenet_casia"} <= set(model_trackers()) <= zoo
+    assert "ensemble" not in model_trackers()  # it lists members: not one model
+    assert set(tracker_names()) == set(model_trackers()) | set(NATIVE_TRACKERS)
+
+
 def test_relation_of_tracker_to_cloak_models():
     assert relation("dlib_resnet", ["dlib_resnet"]) == "same"
     assert relation("dlib_native", ["dlib_resnet"]) == "pipeline"
+    assert relation("dlib_native", ["facenet_casia", "dlib_resnet"]) == "pipeline"
     assert relation("facenet_vggface2", ["dlib_resnet"]) == "cross"
     assert relation("dlib_native", ["facenet_casia"]) == "cross"
 
 
+def test_a_native_tracker_is_one_registry_line(monkeypatch):
+    monkeypatch.setitem(
+        NATIVE_TRACKERS, "counting", NativeTracker(f"{__name__}._CountingPipeline", weights_of="dlib_resnet")
+    )
+    [pipeline], skipped = build_pipelines(["counting"], detector=None, options={"counting": {"colour": "red"}})
+    assert isinstance(pipeline, _CountingPipeline) and pipeline.options == {"colour": "red"} and skipped == {}
+    assert relation("counting", ["dlib_resnet"]) == "pipeline"
+    monkeypatch.setitem(NATIVE_TRACKERS, "missing", NativeTracker("no_such_module.Pipeline", install_hint="it"))
+    _, skipped = build_pipelines(["counting", "missing"], detector=None)
+    assert skipped["missing"].startswith("a library it needs is not installed") and skipped["missing"].endswith("it")
+    with pytest.raises(ValueError, match=r"unknown tracker.*valid: dlib_resnet"):
+        build_pipelines(["nonesuch"], detector=None)
+    with pytest.raises(ValueError, match="none of the trackers"):
+        build_pipelines(["missing"], detector=None)
+
+
+def test_a_model_tracker_without_local_weights_is_skipped_not_downloaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty weights cache
+    monkeypatch.setitem(NATIVE_TRACKERS, "counting", NativeTracker(f"{__name__}._CountingPipeline"))
+    [pipeline], skipped = build_pipelines(["facenet_casia", "counting"], detector=None)
+    assert isinstance(pipeline, _CountingPipeline)
+    assert skipped["facenet_casia"].startswith("weights not available locally")
+    assert not any(tmp_path.rglob("*.pt"))
+
+
 # ---------------------------------------------------------------------------
-# Configs
+# Sweeps: entries of Hydra overrides
 # ---------------------------------------------------------------------------
 
 
@@ -211,44 +206,95 @@ def test_relation_of_tracker_to_cloak_models():
 def test_every_experiment_config_composes_and_its_settings_build(experiment):
     from hydra.utils import instantiate
 
-    cfg = _cfg(f"experiment={experiment}")
-    assert cfg.experiment_name == experiment
-    for t in cfg.platform.transforms:
-        compose_transform(t)
-    for entry in setting_configs(cfg, config_dir()):
-        attack = instantiate(entry.cfg.attack)
+    from cloak.evaluation.platform import parse_platform_transform
+
+    settings = _settings(f"experiment={experiment}")
+    assert settings and len({s.label for s in settings}) == len(settings)
+    for s in settings:
+        assert s.cfg.experiment_name == experiment
+        for t in s.cfg.platform.transforms:
+            parse_platform_transform(t)
+        attack = instantiate(s.cfg.attack)
         assert attack.steps >= 1 and attack.eps > 0
 
 
 def test_strength_sweep_settings():
-    from hydra.utils import instantiate
-
-    entries = setting_configs(_cfg("experiment=strength_sweep"), config_dir())
-    presets = [load_config([f"strength={s}"]).strength for s in ("low", "mid", "high")]
-    attacks = [instantiate(e.cfg.attack) for e in entries]
-    for attack, preset in zip(attacks[:3], presets):
-        assert attack.eps * 255 == pytest.approx(preset.eps) and attack.steps == preset.steps
-    eps_entries = [(e, a) for e, a in zip(entries, attacks) if e.overrides]
-    assert [round(a.eps * 255) for _, a in eps_entries] == [2, 4, 8, 12, 16]
-    assert all(a.max_dssim is None for _, a in eps_entries)
-    assert auto_label({}, attacks[0], entries[0].groups, overridden=False) == "lowkey/low/robust"
-    assert auto_label({"attack": "pgd"}, attacks[3], {}, overridden=True) == "pgd/eps2/robust"
+    settings = _settings("experiment=strength_sweep")
+    presets = {name: load_config([f"strength={name}"]).strength for name in ("low", "mid", "high")}
+    assert [s.label for s in settings] == ["lowkey/low/robust", "lowkey/mid/robust", "lowkey/high/robust"] + [
+        f"eps{e}" for e in (2, 4, 8, 12, 16)
+    ]
+    for s, name in zip(settings, presets):
+        assert s.overrides == [f"strength={name}"] and s.cfg.strength == presets[name]
+    for s, eps in zip(settings[3:], (2, 4, 8, 12, 16)):
+        assert s.cfg.strength.eps == eps and s.cfg.strength.max_dssim is None
+        assert s.cfg.strength.steps == presets["mid"].steps and s.cfg.attack.eps == eps  # through the interpolation
 
 
-def test_robustness_sweep_covers_every_attack_with_and_without_the_robust_transform():
-    from hydra.utils import instantiate
+def test_entry_overrides_compose_after_the_runs_own():
+    run = ("experiment=strength_sweep", "strength.steps=3", "attack=pgd")
+    settings = _settings(*run)
+    assert all(s.cfg.strength.steps == 3 and s.cfg.attack._target_.endswith("PGD") for s in settings)
+    assert settings[2].cfg.strength.eps == 16  # [strength=high] swapped the group; the run's steps still apply
+    assert settings[0].label == "pgd/low/robust" and settings[3].label == "eps2"
+    robust = _settings("experiment=robustness_sweep", "strength=high", "transform=none")
+    assert [(s.cfg.attack._target_.rsplit(".", 1)[1], s.cfg.transform.jpeg_prob > 0) for s in robust] == [
+        (a, r) for a in ("LowKey", "PGD", "Fawkes") for r in (True, False)
+    ]
+    assert all(s.cfg.strength.eps == 16 for s in robust)
 
-    entries = setting_configs(_cfg("experiment=robustness_sweep"), config_dir())
-    got = {(instantiate(e.cfg.attack).name, instantiate(e.cfg.attack).transform is not None) for e in entries}
-    assert got == {(a, r) for a in ("lowkey", "pgd", "fawkes") for r in (True, False)}
+
+def test_without_a_sweep_the_run_is_one_setting_labelled_by_its_choices():
+    [setting] = _settings("attack=fawkes", "strength=low", "data.n_users=3")
+    assert setting.label == "fawkes/low/robust" and setting.overrides == [] and setting.cfg.data.n_users == 3
+    [setting] = _settings("strength.eps=5")
+    assert setting.label == "lowkey/mid/robust"
 
 
-def test_sweep_entries_are_checked(tmp_path):
-    cfg = _cfg("sweep=[{colour: red}]")
-    with pytest.raises(ValueError, match="label, groups and set"):
-        setting_configs(cfg, config_dir())
-    with pytest.raises(ValueError, match="no config"):
-        setting_configs(_cfg("sweep=[{groups: {attack: nonesuch}}]"), config_dir())
+def test_a_bad_sweep_entry_is_named_in_the_error():
+    with pytest.raises(SweepError, match=r"sweep entry 1 \(broken: \['strength.epss=3'\]\) does not compose"):
+        _settings("sweep=[['strength=low'], {label: broken, overrides: ['strength.epss=3']}]")
+    with pytest.raises(SweepError, match=r"sweep entry 0 \(no label: \['strength=nonesuch'\]\).*nonesuch"):
+        _settings("sweep=[['strength=nonesuch']]")
+    with pytest.raises(SweepError, match=r"sweep entry 0 .*must be a list of Hydra overrides"):
+        _settings("sweep=[{colour: red}]")
+    with pytest.raises(SweepError, match="pass the overrides the config was composed with"):
+        sweep_settings(_cfg("experiment=strength_sweep", "strength.steps=3"), ["experiment=strength_sweep"])
+
+
+def test_the_command_line_composes_sweeps_inside_hydra(tmp_path):
+    """Under @hydra.main the sweep composes with the running app; a broken entry stops the run (exit 2)."""
+    data = _tiny_dataset(tmp_path / "faces")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            f"data.root={data}",
+            "data.n_users=1",
+            "sweep=[['strength=low'], ['strength.eps=4', 'strength.nonesuch=1']]",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "sweep entry 1 (no label: ['strength.eps=4', 'strength.nonesuch=1'])" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def _tiny_dataset(root: Path, counts=(("Ann", 12), ("Bob", 12), ("Cid", 3))) -> Path:
+    for name, n in counts:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(root / name / f"{name}_{i:04d}.jpg")
+    return root
 
 
 def test_a_missing_data_root_gives_a_clear_error(tmp_path):
@@ -261,19 +307,19 @@ def test_a_missing_data_root_gives_a_clear_error(tmp_path):
 
 
 def test_too_few_identities_gives_a_clear_error(tmp_path):
-    for name, n in (("Ann", 12), ("Bob", 12), ("Cid", 3)):
-        (tmp_path / name).mkdir()
-        for i in range(n):
-            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{name}_{i:04d}.jpg")
+    root = _tiny_dataset(tmp_path)
     with pytest.raises(DatasetError, match="need at least 4"):
-        load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=3"), tmp_path)
+        select_photos(root, n_users=3, min_photos=10, shared_fraction=0.7, seed=0)
     with pytest.raises(DatasetError, match="only 0 of 3 identities"):
-        load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1", "data.min_photos=13"), tmp_path)
-    photos = load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1"), tmp_path)
+        select_photos(root, n_users=1, min_photos=13, shared_fraction=0.7, seed=0)
+    photos = select_photos(root, n_users=1, min_photos=10, shared_fraction=0.7, seed=0)
     assert len(photos.shared_paths) == 8 and len(photos.probe_paths) == 4 and len(photos.distractor_paths) == 15
-    capped = load_photos(_cfg(f"data.root={tmp_path}", "data.n_users=1", "data.max_photos_per_user=5"), tmp_path)
+    capped = select_photos(root, n_users=1, min_photos=10, shared_fraction=0.7, seed=0, max_photos_per_user=5)
     assert len(capped.shared_paths) == 4 and len(capped.probe_paths) == 1
     assert set(capped.shared_paths) <= set(photos.shared_paths) and set(capped.probe_paths) <= set(photos.probe_paths)
+    one = select_photos(root, n_users=1, min_photos=10, shared_fraction=0.7, seed=0, max_distractors=1)
+    assert len(set(one.distractor_labels)) == 1 and set(one.distractor_labels) < set(photos.distractor_labels)
+    assert [len(one.rows(part)) for part in ("shared", "probes", "distractors")] == [8, 4, len(one.distractor_paths)]
 
 
 def test_command_line_reports_a_missing_data_root(tmp_path):
@@ -406,6 +452,12 @@ def test_write_report_writes_every_file(tmp_path):
     assert back.to_dict() == res.to_dict()
 
 
+def test_report_imports_without_torch_or_hydra():
+    code = "import cloak.evaluation.report, sys; assert 'torch' not in sys.modules and 'hydra' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 # ---------------------------------------------------------------------------
 # On lfw-dev
 # ---------------------------------------------------------------------------
@@ -414,12 +466,12 @@ def test_write_report_writes_every_file(tmp_path):
 def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
     pytest.importorskip("dlib")
     from cloak.detection import FaceDetector
-    from cloak.evaluation.experiment import read_photo
     from cloak.evaluation.pipelines import DlibPipeline, ModelPipeline
     from cloak.models.dlib_resnet import load_dlib_resnet
+    from cloak.photos import load_photo
 
     paths = [sorted(p.glob("*.jpg"))[0] for p in sorted(lfw_dev.iterdir())[:4]]
-    photos = [read_photo(p) for p in paths] + [np.full((120, 120, 3), 128, np.uint8)]
+    photos = [load_photo(p).rgb for p in paths] + [np.full((120, 120, 3), 128, np.uint8)]
     theirs = DlibPipeline().embed(photos)["dlib_native"]
     ours = ModelPipeline(FaceDetector(device="cpu"), {"dlib_resnet": load_dlib_resnet()}).embed(photos)["dlib_resnet"]
     assert theirs.found.tolist() == [True] * 4 + [False] and ours.found.tolist() == [True] * 4 + [False]
@@ -428,16 +480,27 @@ def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
     assert sims.min() > 0.9, sims
 
 
+def _clean_error(train: Embedded, train_labels, test: Embedded, test_labels, metric: str) -> float:
+    """A tracker's error on clean photos, from its classifier alone (photos without a face: dropped / wrong)."""
+    from cloak.evaluation.trackers import fit_predict
+
+    correct = np.zeros(len(test), bool)
+    correct[test.found] = (
+        fit_predict(train.emb[train.found], train_labels[train.found], test.emb[test.found], metric)
+        == test_labels[test.found]
+    )
+    return 1 - correct.mean()
+
+
 def test_protection_experiment_smoke(lfw_dev, tmp_path):
     """End to end on 2 users of 6 photos, 2 attack steps, 2 distractor identities, two transforms."""
     from cloak.detection import FaceDetector
-    from cloak.evaluation.experiment import read_photo
     from cloak.evaluation.pipelines import ModelPipeline
-    from cloak.evaluation.trackers import fit_predict
     from cloak.models.dlib_resnet import load_dlib_resnet
+    from cloak.photos import load_photo
     from experiments.run import run
 
-    cfg = _cfg(
+    overrides = [
         f"data.root={lfw_dev}",
         "data.n_users=2",
         "data.max_photos_per_user=6",
@@ -447,29 +510,44 @@ def test_protection_experiment_smoke(lfw_dev, tmp_path):
         "trackers=[dlib_resnet]",
         "platform.transforms=[none,jpeg75]",
         f"output_dir={tmp_path}",
-    )
-    res = run(cfg)
+    ]
+    res = run(_cfg(*overrides), overrides)
     for name in ("results.json", "protection.csv", "quality.csv", "report.md", "protection.png", "robustness.png"):
         assert (tmp_path / name).is_file(), name
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert len(data["protection"]) == 2 * 3 * 3  # transforms x conditions x metrics
-    assert all(0 <= r["protection"] <= 1 for r in data["protection"])
-    assert all(0 <= q["ssim"] <= 1 and 0 <= q["dssim"] <= 1 for q in data["quality"])
-    assert data["settings"][0]["n_cloaked"] > 0 and data["quality"][0]["ssim"] < 1
+    assert load_results(tmp_path / "results.json").to_dict() == json.loads(json.dumps(res.to_dict()))
+    [setting] = res.settings
+    assert setting.label == "lowkey/mid/robust" and setting.n_cloaked == res.data["n_shared"] == 2 * 4
+    assert len(res.protection) == 2 * 3 * 3  # transforms x conditions x metrics
+    assert {r.n_probes for r in res.protection} == {res.data["n_probes"]}
+    assert {tuple(sorted(r.per_user)) for r in res.protection} == {tuple(res.data["users"])}
+    cloak_q, noise_q = res.quality
+    assert cloak_q.n_photos == noise_q.n_photos == 8
+    assert 0.8 < cloak_q.ssim_min <= cloak_q.ssim < 1 and cloak_q.dssim == pytest.approx((1 - cloak_q.ssim) / 2)
+    assert 0.5 < noise_q.ssim < 1
 
-    # The no-cloak baseline is the tracker's clean error rate, computed here from scratch.
-    photos = load_photos(cfg, lfw_dev)
+    # The no-cloak baseline is the tracker's own error on clean photos, computed here from scratch.
+    photos = select_photos(
+        lfw_dev, n_users=2, min_photos=10, shared_fraction=0.7, seed=0, max_photos_per_user=6, max_distractors=2
+    )
     pipe = ModelPipeline(FaceDetector(device="cpu"), {"dlib_resnet": load_dlib_resnet()})
-    train_paths = photos.shared_paths + photos.distractor_paths
     train_labels = np.concatenate([photos.shared_labels, photos.distractor_labels])
-    train = pipe.embed([read_photo(p) for p in train_paths])["dlib_resnet"]
-    test = pipe.embed([read_photo(p) for p in photos.probe_paths])["dlib_resnet"]
+    train = pipe.embed([load_photo(p).rgb for p in photos.shared_paths + photos.distractor_paths])["dlib_resnet"]
+    test = pipe.embed([load_photo(p).rgb for p in photos.probe_paths])["dlib_resnet"]
     for metric in ("knn1", "logreg"):
-        correct = np.zeros(len(test), bool)
-        correct[test.found] = (
-            fit_predict(train.emb[train.found], train_labels[train.found], test.emb[test.found], metric)
-            == photos.probe_labels[test.found]
+        want = _clean_error(train, train_labels, test, photos.probe_labels, metric)
+        assert res.value(setting.label, "dlib_resnet", "none", "none", metric) == pytest.approx(want)
+    # Rank-1: each user alone with the distractors.
+    distractors = train.take(np.arange(len(photos.shared_paths), len(train)))
+    rank1_errors = []
+    for user in res.data["users"]:
+        mine = np.flatnonzero(photos.shared_labels == user)
+        gallery = Embedded(
+            np.concatenate([train.emb[mine], distractors.emb]), np.concatenate([train.found[mine], distractors.found])
         )
-        clean_error = 1 - correct.mean()
-        setting = res.settings[0].label
-        assert res.value(setting, "dlib_resnet", "none", "none", metric) == pytest.approx(clean_error)
+        gallery_labels = np.concatenate([photos.shared_labels[mine], photos.distractor_labels])
+        probes = np.flatnonzero(photos.probe_labels == user)
+        rank1_errors.append(
+            _clean_error(gallery, gallery_labels, test.take(probes), photos.probe_labels[probes], "knn1") * len(probes)
+        )
+    want = sum(rank1_errors) / len(photos.probe_paths)
+    assert res.value(setting.label, "dlib_resnet", "none", "none", "rank1") == pytest.approx(want)

@@ -6,6 +6,7 @@ from PIL import Image
 
 from cloak.evaluation.platform import (
     PLATFORM_TRANSFORMS,
+    apply_transform,
     downscale,
     gaussian_blur,
     identity,
@@ -99,3 +100,18 @@ def test_bad_name_lists_valid_names():
 def test_rejects_numpy_input(photo):
     with pytest.raises(TypeError, match="fromarray"):
         jpeg(np.asarray(photo), 90)
+
+
+def test_joined_names_apply_their_parts_in_order(photo):
+    got = parse_platform_transform("jpeg75+down0.5")(photo)
+    assert got.tobytes() == downscale(jpeg(photo, 75), 0.5).tobytes()
+    with pytest.raises(ValueError, match="sepia"):
+        parse_platform_transform("jpeg75+sepia")
+
+
+def test_apply_transform_on_arrays(photo):
+    arrays = [np.asarray(photo), np.asarray(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+    out = apply_transform(arrays, PLATFORM_TRANSFORMS["jpeg50"])
+    assert [o.dtype for o in out] == [np.uint8, np.uint8]
+    assert np.array_equal(out[0], np.asarray(jpeg(photo, 50)))
+    assert np.array_equal(arrays[0], np.asarray(photo))  # inputs untouched

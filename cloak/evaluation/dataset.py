@@ -147,3 +147,97 @@ def split_users(
         clean[user] = sorted(photos[i] for i in order[n_shared:])
     others = {name: sorted(identities[name]) for name in sorted(identities) if name not in shared}
     return UserSplit(users=users, shared=shared, clean=clean, others=others)
+
+
+class DatasetError(ValueError):
+    """The data folder holds too few identities (or users) for the protocol."""
+
+
+@dataclass
+class ExperimentPhotos:
+    """The photos of a run, in one order: users' shared, users' clean (probes), distractors.
+
+    Attributes:
+        split: the users and their shared and clean photos.
+        shared_paths, shared_labels: the users' shared photos and their users.
+        probe_paths, probe_labels: the users' clean photos and their users.
+        distractor_paths, distractor_labels: the distractor identities' photos and identities.
+    """
+
+    split: UserSplit
+    shared_paths: list[Path]
+    shared_labels: np.ndarray
+    probe_paths: list[Path]
+    probe_labels: np.ndarray
+    distractor_paths: list[Path]
+    distractor_labels: np.ndarray
+
+    @property
+    def all_paths(self) -> list[Path]:
+        """Every photo: shared, then probes, then distractors."""
+        return [*self.shared_paths, *self.probe_paths, *self.distractor_paths]
+
+    def rows(self, part: str) -> np.ndarray:
+        """Indices of ``part`` (``shared``, ``probes`` or ``distractors``) in :attr:`all_paths`."""
+        n_s, n_p, n_d = len(self.shared_paths), len(self.probe_paths), len(self.distractor_paths)
+        start, n = {"shared": (0, n_s), "probes": (n_s, n_p), "distractors": (n_s + n_p, n_d)}[part]
+        return np.arange(start, start + n)
+
+
+def _cap_photos_per_user(split: UserSplit, per_user: int, shared_fraction: float) -> UserSplit:
+    """Each user's first shared and clean photos, ``per_user`` in all, in the split's proportions."""
+    if per_user < 2:
+        raise DatasetError(f"data.max_photos_per_user must be >= 2 (a shared and a clean photo), got {per_user}")
+    n_shared = min(per_user - 1, max(1, int(np.floor(shared_fraction * per_user + 0.5))))
+    return UserSplit(
+        users=split.users,
+        shared={u: split.shared[u][:n_shared] for u in split.users},
+        clean={u: split.clean[u][: per_user - n_shared] for u in split.users},
+        others=split.others,
+    )
+
+
+def select_photos(
+    root: Path,
+    n_users: int,
+    min_photos: int,
+    shared_fraction: float,
+    seed: int,
+    max_photos_per_user: int | None = None,
+    max_distractors: int | None = None,
+) -> ExperimentPhotos:
+    """The users, their shared and clean photos, and the distractors of a run, from the photos in ``root``.
+
+    Args:
+        root: the identity folder.
+        n_users, min_photos, shared_fraction, seed: as :func:`split_users`.
+        max_photos_per_user: each user keeps this many photos (shared and clean in proportion); None: all.
+        max_distractors: distractor identities kept (a draw seeded with ``seed + 1``); None: all.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: if ``root`` is missing or not a folder.
+        DatasetError: if it holds too few identities, or too few with ``min_photos`` photos.
+    """
+    hint = "; point data.root=<folder> (or $CLOAK_LFW_DEV) at a folder of <identity>/<image> photos"
+    try:
+        identities = load_identity_folder(root, min_images=1, min_identities=n_users + 1)
+        split = split_users(identities, n_users, min_photos, shared_fraction, seed)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        raise type(err)(f"{err}{hint}") from err
+    except ValueError as err:
+        raise DatasetError(f"{err}{hint}; the protocol needs {n_users} users and at least one other identity") from err
+    if max_photos_per_user is not None:
+        split = _cap_photos_per_user(split, int(max_photos_per_user), shared_fraction)
+    others = sorted(split.others)
+    if max_distractors is not None and len(others) > int(max_distractors):
+        rng = np.random.default_rng(seed + 1)
+        others = sorted(others[i] for i in rng.choice(len(others), size=int(max_distractors), replace=False))
+    return ExperimentPhotos(
+        split=split,
+        shared_paths=[p for u in split.users for p in split.shared[u]],
+        shared_labels=np.array([u for u in split.users for _ in split.shared[u]], dtype=str),
+        probe_paths=[p for u in split.users for p in split.clean[u]],
+        probe_labels=np.array([u for u in split.users for _ in split.clean[u]], dtype=str),
+        distractor_paths=[p for name in others for p in split.others[name]],
+        distractor_labels=np.array([name for name in others for _ in split.others[name]], dtype=str),
+    )

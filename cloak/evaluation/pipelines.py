@@ -13,16 +13,15 @@ A tracker scrapes photos and embeds the face in each with its own pipeline:
   independent tracker even though its weights are those of ``dlib_resnet``.
 
 Both keep the **largest** face of a photo. A photo where the pipeline finds no
-face gets no embedding (``found`` is False); :mod:`cloak.evaluation.experiment`
+face gets no embedding (``found`` is False); :mod:`cloak.evaluation.trackers`
 drops such photos from a tracker's training set and counts such probes as not
-recognised.
+recognised. Which trackers exist, and how each is built, is
+:mod:`cloak.evaluation.tracker_registry`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,62 +30,15 @@ import torch
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
+from cloak.evaluation.trackers import Embedded
 from cloak.models.base import FaceEmbedder
 from cloak.protect import to_tensor
-
-log = logging.getLogger(__name__)
 
 #: Called with the number of photos just embedded (for progress bars).
 Progress = Callable[[int], None]
 
 #: Tracker name of dlib's own pipeline.
 DLIB_NATIVE = "dlib_native"
-
-#: Trackers built on our pipeline: tracker name -> facenet-pytorch ``pretrained`` name, or None for dlib's ResNet.
-MODEL_TRACKERS: dict[str, str | None] = {
-    "dlib_resnet": None,
-    "facenet_vggface2": "vggface2",
-    "facenet_casia": "casia-webface",
-}
-
-#: Every tracker name :func:`build_pipelines` knows.
-TRACKERS: tuple[str, ...] = (*MODEL_TRACKERS, DLIB_NATIVE)
-
-
-@dataclass
-class Embedded:
-    """Embeddings of a list of photos by one tracker.
-
-    Attributes:
-        emb: ``[N, D]`` float32, unit rows where ``found``; zeros elsewhere.
-        found: ``[N]`` bool, whether the tracker found a face in each photo.
-    """
-
-    emb: np.ndarray
-    found: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.emb = np.asarray(self.emb, dtype=np.float32)
-        self.found = np.asarray(self.found, dtype=bool)
-        if self.emb.ndim != 2 or self.found.shape != (len(self.emb),):
-            raise ValueError(
-                f"emb must be [N, D] and found [N], got {list(self.emb.shape)} and {list(self.found.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.emb)
-
-    def take(self, index: Sequence[int] | np.ndarray) -> Embedded:
-        """The rows ``index``, in that order."""
-        index = np.asarray(index, dtype=np.int64)
-        return Embedded(self.emb[index], self.found[index])
-
-    @staticmethod
-    def concat(parts: Sequence[Embedded], dim: int) -> Embedded:
-        """Rows of ``parts`` one after the other (``dim`` is used when ``parts`` is empty)."""
-        if not parts:
-            return Embedded(np.zeros((0, dim), np.float32), np.zeros(0, bool))
-        return Embedded(np.concatenate([p.emb for p in parts]), np.concatenate([p.found for p in parts]))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -227,73 +179,3 @@ class DlibPipeline:
             if progress is not None:
                 progress(1)
         return {self.name: Embedded(emb, found)}
-
-
-def load_tracker_model(name: str) -> FaceEmbedder:
-    """The face model behind tracker ``name`` (one of :data:`MODEL_TRACKERS`), never downloading.
-
-    Raises:
-        WeightsUnavailableError: if a facenet model's weights are not on this machine.
-        ValueError: if ``name`` is not a model tracker.
-    """
-    if name not in MODEL_TRACKERS:
-        raise ValueError(f"unknown model tracker {name!r}; valid: {', '.join(MODEL_TRACKERS)}")
-    pretrained = MODEL_TRACKERS[name]
-    if pretrained is None:
-        from cloak.models.dlib_resnet import load_dlib_resnet
-
-        return load_dlib_resnet()
-    from cloak.models.facenet import facenet_weights_path, load_facenet
-
-    facenet_weights_path(pretrained, download=False)  # raises WeightsUnavailableError when absent
-    return load_facenet(pretrained, download=False)
-
-
-def build_pipelines(
-    names: Sequence[str],
-    detector: FaceDetector,
-    device: torch.device | str = "cpu",
-    dlib_upsample: int = 1,
-) -> tuple[list[Pipeline], dict[str, str]]:
-    """The pipelines of the trackers ``names`` whose weights and libraries are available here.
-
-    Args:
-        names: tracker names (see :data:`TRACKERS`).
-        detector: our detector, shared by the model trackers.
-        device: where our models run.
-        dlib_upsample: the dlib pipeline's detector upsampling.
-
-    Returns:
-        ``(pipelines, skipped)``: the pipelines to run, and tracker name -> why it
-        is skipped (weights or library missing), each also logged.
-
-    Raises:
-        ValueError: on an unknown tracker name, or when no tracker is available.
-    """
-    from cloak.models.weights import WeightsUnavailableError
-
-    unknown = [n for n in names if n not in TRACKERS]
-    if unknown:
-        raise ValueError(f"unknown tracker(s) {unknown}; valid: {', '.join(TRACKERS)}")
-    models: dict[str, FaceEmbedder] = {}
-    pipelines: list[Pipeline] = []
-    skipped: dict[str, str] = {}
-    for name in dict.fromkeys(names):
-        if name == DLIB_NATIVE:
-            try:
-                pipelines.append(DlibPipeline(upsample=dlib_upsample))
-            except ImportError as err:
-                skipped[name] = f"dlib is not installed ({err}); install the dev dependency dlib-bin"
-            continue
-        try:
-            models[name] = load_tracker_model(name)
-        except WeightsUnavailableError as err:
-            # The error's first sentence says which file is missing; the rest says how to supply it.
-            skipped[name] = f"weights not available locally ({str(err).split('. ')[0]})"
-    for name, why in skipped.items():
-        log.info("Tracker %s skipped: %s", name, why)
-    if models:
-        pipelines.insert(0, ModelPipeline(detector, models, device))
-    if not pipelines:
-        raise ValueError(f"none of the trackers {list(names)} is available here: {skipped}")
-    return pipelines, skipped

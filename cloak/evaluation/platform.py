@@ -8,17 +8,17 @@ PIL, used to *evaluate* cloaks; their differentiable approximations for
 *making* robust cloaks live in :mod:`cloak.transforms`.
 
 Every transform takes a PIL image and returns a new RGB PIL image of the same
-size (the input is converted to RGB first and never modified). For an
-``[H, W, 3]`` uint8 numpy array use ``Image.fromarray(arr)`` and
-``np.asarray(out)``.
+size (the input is converted to RGB first and never modified). For
+``[H, W, 3]`` uint8 numpy arrays use :func:`apply_transform`.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import numpy as np
 from PIL import Image, ImageFilter
 
 #: A platform transform: RGB PIL image in, RGB PIL image of the same size out.
@@ -170,20 +170,39 @@ PLATFORM_TRANSFORMS: dict[str, PlatformTransform] = {
 }
 
 
+def _lookup(name: str) -> PlatformTransform:
+    key = str(name).strip().lower()
+    if key not in PLATFORM_TRANSFORMS:
+        valid = ", ".join(PLATFORM_TRANSFORMS)
+        raise ValueError(f"unknown platform transform {name!r}; valid names: {valid} (a+b applies a, then b)")
+    return PLATFORM_TRANSFORMS[key]
+
+
 def parse_platform_transform(name: str) -> PlatformTransform:
-    """Looks up a platform transform by name (case and surrounding spaces ignored).
+    """Looks up a platform transform by name (case and surrounding spaces ignored); ``"a+b"`` applies ``a`` then ``b``.
 
     Args:
-        name: one of the keys of :data:`PLATFORM_TRANSFORMS`.
+        name: one of the keys of :data:`PLATFORM_TRANSFORMS`, or several joined
+            by ``+`` (e.g. ``"jpeg75+down0.5"``).
 
     Returns:
         The transform.
 
     Raises:
-        ValueError: if ``name`` is unknown; the message lists the valid names.
+        ValueError: if a name is unknown; the message lists the valid names.
     """
-    key = str(name).strip().lower()
-    if key not in PLATFORM_TRANSFORMS:
-        valid = ", ".join(PLATFORM_TRANSFORMS)
-        raise ValueError(f"unknown platform transform {name!r}; valid names: {valid}")
-    return PLATFORM_TRANSFORMS[key]
+    parts = [_lookup(part) for part in str(name).split("+")]
+    if len(parts) == 1:
+        return parts[0]
+
+    def composed(img: Image.Image) -> Image.Image:
+        for part in parts:
+            img = part(img)
+        return img
+
+    return composed
+
+
+def apply_transform(photos: Sequence[np.ndarray], transform: PlatformTransform) -> list[np.ndarray]:
+    """``transform`` on each ``[H, W, 3]`` uint8 RGB photo; returns new arrays."""
+    return [np.asarray(transform(Image.fromarray(p)), dtype=np.uint8) for p in photos]

@@ -10,10 +10,8 @@ Files written by :func:`write_report` into a run's folder:
   setting (rows tracker x transform; protection of the cloak, no cloak and
   noise per metric; mean SSIM, DSSIM, PSNR) and, per tracker, the
   setting x transform matrix of the cloak's protection.
-- ``protection.png``: bars of cloak / no cloak / noise protection per transform (first setting), per tracker and metric.
-- ``tradeoff.png`` (two or more settings): protection against mean SSIM, per metric.
-- ``robustness.png`` (JPEG or downscale transforms): protection against JPEG
-  quality and against the downscale factor, one line per setting, per tracker and metric.
+- ``protection.png``, ``tradeoff.png`` (two or more settings) and
+  ``robustness.png`` (JPEG or downscale transforms): see :mod:`cloak.evaluation.plots`.
 
 Protection values are fractions in ``[0, 1]`` in CSV and JSON, percentages in Markdown.
 """
@@ -23,12 +21,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cloak.evaluation.experiment import (
+from cloak.evaluation.plots import plot_protection, plot_robustness, plot_tradeoff
+from cloak.evaluation.results import (
     CONDITION_NAMES,
     CONDITIONS,
     METRIC_NAMES,
@@ -76,23 +74,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _quality(results: ExperimentResults, setting: str, condition: str) -> QualityRow | None:
-    return next((q for q in results.quality if q.setting == setting and q.condition == condition), None)
-
-
-def _trackers(results: ExperimentResults) -> list[str]:
-    return list(dict.fromkeys(r.tracker for r in results.protection)) or list(results.trackers)
-
-
-def _transforms(results: ExperimentResults) -> list[str]:
-    seen = set(r.transform for r in results.protection)
-    return [t for t in results.transforms if t in seen]
-
-
-def _relation(results: ExperimentResults, tracker: str) -> str:
-    return next((r.relation for r in results.protection if r.tracker == tracker), "")
-
-
 def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one setting's headline table: tracker x transform rows."""
     metrics = results.metrics
@@ -100,11 +81,11 @@ def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], 
     for condition in CONDITIONS:
         header += [f"{CONDITION_NAMES[condition]} {METRIC_NAMES.get(m, m)}" for m in metrics]
     header += ["SSIM", "DSSIM", "PSNR (dB)"]
-    q = _quality(results, setting, "cloak")
+    q = results.quality_of(setting, "cloak")
     rows = []
-    for tracker in _trackers(results):
-        rel = _relation(results, tracker)
-        for transform in _transforms(results):
+    for tracker in results.measured_trackers():
+        rel = results.relation_of(tracker)
+        for transform in results.measured_transforms():
             name = f"{transform} (tracker-side)" if transform in results.tracker_side_transforms else transform
             row = [f"{tracker} ({rel})" if rel else tracker, name]
             for condition in CONDITIONS:
@@ -138,7 +119,7 @@ def settings_markdown(results: ExperimentResults) -> str:
     ]
     rows = []
     for s in results.settings:
-        q, n = _quality(results, s.label, "cloak"), _quality(results, s.label, "noise")
+        q, n = results.quality_of(s.label, "cloak"), results.quality_of(s.label, "noise")
         rows.append(
             [
                 s.label,
@@ -161,7 +142,7 @@ def settings_markdown(results: ExperimentResults) -> str:
 
 def matrix_rows(results: ExperimentResults, tracker: str, metric: str) -> tuple[list[str], list[list[str]]]:
     """Setting x transform protection of the cloak against one tracker, with the baselines as extra rows."""
-    transforms = _transforms(results)
+    transforms = results.measured_transforms()
     header = ["setting", *transforms]
     rows = [
         [s.label, *(pct(results.value(s.label, tracker, t, "cloak", metric)) for t in transforms)]
@@ -209,8 +190,8 @@ def report_markdown(results: ExperimentResults, metrics: Sequence[str] | None = 
     for s in results.settings:
         out.append(f"\n## Protection: {s.label}\n")
         out.append(headline_markdown(results, s.label))
-    for metric in _metrics(results, metrics):
-        for tracker in _trackers(results):
+    for metric in results.chosen_metrics(metrics):
+        for tracker in results.measured_trackers():
             out.append(f"\n## Protection against {tracker} ({METRIC_NAMES.get(metric, metric)}), setting x transform\n")
             out.append(markdown_table(*matrix_rows(results, tracker, metric)))
     return "\n".join(out)
@@ -258,207 +239,6 @@ def write_csv(results: ExperimentResults, out_dir: Path) -> tuple[Path, Path]:
         for q in results.quality:
             w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in (getattr(q, f) for f in QUALITY_FIELDS)])
     return prot, qual
-
-
-# ---------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------
-
-
-def jpeg_axis(transform: str) -> float | None:
-    """JPEG quality of ``jpegNN`` (100 for ``none``: no re-encode), else None."""
-    if transform == "none":
-        return 100.0
-    m = re.fullmatch(r"jpeg(\d+)", transform)
-    return float(m.group(1)) if m else None
-
-
-def downscale_axis(transform: str) -> float | None:
-    """Scale of ``downF`` (1 for ``none``), else None."""
-    if transform == "none":
-        return 1.0
-    m = re.fullmatch(r"down(\d*\.?\d+)", transform)
-    return float(m.group(1)) if m else None
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _metrics(results: ExperimentResults, metrics: Sequence[str] | None) -> list[str]:
-    return [m for m in (metrics or results.metrics) if m in results.metrics] or results.metrics[:1]
-
-
-def plot_protection(
-    results: ExperimentResults, path: Path, setting: str | None = None, metrics: Sequence[str] | None = None
-) -> Path:
-    """Grouped bars: cloak / no cloak / noise protection per transform; a row per tracker, a column per metric."""
-    plt = _pyplot()
-    setting = setting or results.settings[0].label
-    metrics = _metrics(results, metrics)
-    trackers, transforms = _trackers(results), _transforms(results)
-    fig, axes = plt.subplots(
-        len(trackers),
-        len(metrics),
-        figsize=(max(6.0, 0.6 * len(transforms) + 2) * len(metrics), 2.8 * len(trackers)),
-        squeeze=False,
-    )
-    width = 0.27
-    colors = {"cloak": "tab:blue", "none": "tab:gray", "noise": "tab:orange"}
-    for row, tracker in enumerate(trackers):
-        for col, metric in enumerate(metrics):
-            ax = axes[row, col]
-            for k, condition in enumerate(CONDITIONS):
-                ys = [results.value(setting, tracker, t, condition, metric) or 0.0 for t in transforms]
-                ax.bar(
-                    [i + (k - 1) * width for i in range(len(transforms))],
-                    ys,
-                    width,
-                    label=CONDITION_NAMES[condition],
-                    color=colors[condition],
-                )
-            ax.set_xticks(range(len(transforms)))
-            ax.set_xticklabels(transforms, rotation=30, ha="right", fontsize=8)
-            ax.set_ylim(0, 1.05)
-            ax.set_ylabel("protection", fontsize=8)
-            ax.set_title(f"{tracker} ({_relation(results, tracker)}), {METRIC_NAMES.get(metric, metric)}", fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, ncol=3, loc="upper right")
-    fig.suptitle(f"Protection of cloak {setting} (1 - tracker accuracy on clean photos)", fontsize=10, x=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_tradeoff(
-    results: ExperimentResults,
-    path: Path,
-    metrics: Sequence[str] | None = None,
-    transforms: Sequence[str] | None = None,
-) -> Path:
-    """Protection against mean SSIM of the cloaked photos, a panel per metric, a line per tracker x transform.
-
-    Noise of each setting's size is drawn as crosses (dotted), no cloak as a dashed level.
-    """
-    plt = _pyplot()
-    metrics = _metrics(results, metrics)
-    transforms = [t for t in (transforms or ["none"]) if t in _transforms(results)] or _transforms(results)[:1]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.0 * len(metrics), 4.6), squeeze=False)
-    settings = sorted(
-        results.settings, key=lambda s: -(_quality(results, s.label, "cloak") or QualityRow("", "", 1, 0, 0, 1, 0)).ssim
-    )
-    for ax, metric in zip(axes[0], metrics):
-        for tracker in _trackers(results):
-            for transform in transforms:
-                xs, ys, labels = [], [], []
-                for s in settings:
-                    q, v = (
-                        _quality(results, s.label, "cloak"),
-                        results.value(s.label, tracker, transform, "cloak", metric),
-                    )
-                    if q is not None and v is not None:
-                        xs.append(q.ssim), ys.append(v), labels.append(s.label)
-                (line,) = ax.plot(xs, ys, "o-", ms=4, label=f"cloak vs {tracker} [{transform}]")
-                for x, y, lab in zip(xs, ys, labels):
-                    ax.annotate(
-                        lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color()
-                    )
-                noise = sorted(
-                    {
-                        (q.ssim, v)
-                        for s in settings
-                        if (q := _quality(results, s.label, "noise")) is not None
-                        and (v := results.value(s.label, tracker, transform, "noise", metric)) is not None
-                    },
-                    reverse=True,
-                )
-                if noise:
-                    ax.plot(
-                        *zip(*noise), "x:", color=line.get_color(), alpha=0.6, label=f"noise vs {tracker} [{transform}]"
-                    )
-                base = results.value(settings[0].label, tracker, transform, "none", metric) if settings else None
-                if base is not None:
-                    ax.axhline(base, color=line.get_color(), ls="--", lw=0.8, alpha=0.6)
-        ax.set_xlabel("mean SSIM of the changed photos (1 = unchanged)")
-        ax.set_ylabel(f"protection ({METRIC_NAMES.get(metric, metric)})")
-        ax.set_ylim(-0.02, 1.02)
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        ax.set_title(f"Quality-protection trade-off, {METRIC_NAMES.get(metric, metric)} (dashed: no cloak)", fontsize=9)
-    axes[0, -1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_robustness(results: ExperimentResults, path: Path, metrics: Sequence[str] | None = None) -> Path | None:
-    """Protection against JPEG quality and against downscale factor, a line per setting; None without such transforms.
-
-    A row of panels per tracker; columns: (JPEG, downscale) x metric.
-    """
-    plt = _pyplot()
-    metrics = _metrics(results, metrics)
-    transforms = _transforms(results)
-    axes_defs = []
-    for title, fn, xlabel in (
-        ("JPEG", jpeg_axis, "JPEG quality (100 = no re-encode)"),
-        ("downscale", downscale_axis, "downscale factor (upsampled back)"),
-    ):
-        pts = sorted(((fn(t), t) for t in transforms if fn(t) is not None), reverse=True)
-        if len(pts) >= 2:
-            axes_defs += [(title, pts, xlabel, m) for m in metrics]
-    if not axes_defs:
-        return None
-    trackers = _trackers(results)
-    fig, axes = plt.subplots(
-        len(trackers), len(axes_defs), figsize=(4.6 * len(axes_defs), 3.6 * len(trackers)), squeeze=False
-    )
-    for row, tracker in enumerate(trackers):
-        for col, (title, pts, xlabel, metric) in enumerate(axes_defs):
-            ax = axes[row, col]
-            xs = [x for x, _ in pts]
-            for s in results.settings:
-                ax.plot(
-                    xs, [results.value(s.label, tracker, t, "cloak", metric) for _, t in pts], "o-", label=s.label, ms=3
-                )
-            first = results.settings[0].label if results.settings else ""
-            ax.plot(
-                xs, [results.value(first, tracker, t, "none", metric) for _, t in pts], "k--", label="no cloak", lw=1
-            )
-            seen: set[float] = set()
-            for s in results.settings:
-                if s.eps in seen:
-                    continue
-                seen.add(s.eps)
-                ax.plot(
-                    xs,
-                    [results.value(s.label, tracker, t, "noise", metric) for _, t in pts],
-                    ":",
-                    color="gray",
-                    label=f"{results.noise} noise eps {s.eps:g}",
-                    lw=1,
-                )
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel(f"protection ({METRIC_NAMES.get(metric, metric)})", fontsize=8)
-            ax.set_ylim(-0.02, 1.02)
-            ax.invert_xaxis()
-            ax.grid(alpha=0.3)
-            ax.set_title(
-                f"{tracker} ({_relation(results, tracker)}): {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8
-            )
-    axes[0, -1].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def write_report(

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
+from cloak.evaluation.pipelines import dlib_model_dir
 from cloak.models.base import FaceEmbedder
+from cloak.photos import load_photo
 from cloak.protect import to_tensor
 
 
@@ -35,7 +36,7 @@ def embed_photos(model: FaceEmbedder, paths: list[Path], detector: FaceDetector)
     """Embeddings of the largest face of each photo, and the indices of photos where one was found."""
     embs, kept = [], []
     for i, path in enumerate(paths):
-        rgb = np.asarray(Image.open(path).convert("RGB"))
+        rgb = load_photo(path).rgb
         faces = detector.detect(rgb)
         if not faces:
             continue
@@ -78,15 +79,14 @@ def alignment_agreement(model: FaceEmbedder, root: Path, limit: int = 200) -> tu
     exactly one face are left out.
     """
     import dlib
-    import face_recognition_models
 
-    models = Path(face_recognition_models.__file__).parent / "models"
+    models = dlib_model_dir()
     dlib_detect = dlib.get_frontal_face_detector()
     shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
     detector = FaceDetector(device="cpu")
     sims = []
     for _, path in _photos(root, None, 1)[:limit]:
-        rgb = np.asarray(Image.open(path).convert("RGB"))
+        rgb = load_photo(path).rgb
         dets, faces = dlib_detect(rgb, 1), detector.detect(rgb)
         if len(dets) != 1 or len(faces) != 1:
             continue

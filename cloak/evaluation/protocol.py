@@ -1,0 +1,382 @@
+"""The protection experiment: how much of a cloak's protection survives platforms and trackers.
+
+Protocol (FaceCure, Radiya-Dixit et al., ICLR 2022; LowKey, Cherepanova et al., ICLR 2021):
+
+1. **Data** (:func:`cloak.evaluation.dataset.select_photos`). ``n_users``
+   identities with ``min_photos`` or more photos are the *users*; each shares
+   ``shared_fraction`` of their photos (*shared*, cloaked before upload) and
+   keeps the rest (*clean*, what the tracker later sees). Up to
+   ``max_distractors`` other identities are *distractors*, all photos clean.
+2. **Cloak.** The shared photos are cloaked with each setting's attack
+   (:mod:`cloak.evaluation.sweep`), all users' photos batched together; every
+   face the cloak's detector finds is cloaked (as ``python -m cloak`` does).
+3. **Platform** (:mod:`cloak.evaluation.platform`). An *upload transform* is
+   applied to the shared photos the tracker scrapes; a *tracker-side* one
+   (``purify``) to every photo the tracker sees, probes and distractors included.
+4. **Trackers** (:mod:`cloak.evaluation.tracker_registry`) embed every photo
+   with their own pipelines and are scored by
+   :func:`cloak.evaluation.trackers.tracker_protection`.
+5. **Baselines**, under the same transform and trackers: *no cloak* and
+   random *noise* of the cloak's size (:mod:`cloak.evaluation.baselines`).
+6. **Quality** of every cloaked and noised photo against its original.
+
+:func:`run_experiment` runs the steps of an :class:`Experiment` in order:
+select the photos, compose the settings, load the trackers, embed the clean
+photos (once for all settings; cached on disk with ``cache_dir``), find the
+faces to cloak, then per setting cloak and score each transform.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from cloak.attacks import Attack
+from cloak.builders import build_from_config
+from cloak.detection import Face, FaceDetector
+from cloak.device import resolve_device
+from cloak.evaluation.baselines import random_noise
+from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
+from cloak.evaluation.dataset import select_photos
+from cloak.evaluation.platform import apply_transform, parse_platform_transform
+from cloak.evaluation.results import CONDITIONS, METRIC_NAMES, ExperimentResults, ProtectionRow, QualityRow, Setting
+from cloak.evaluation.sweep import SweepSetting, sweep_settings
+from cloak.evaluation.tracker_registry import build_pipelines, relation
+from cloak.evaluation.trackers import Embedded, tracker_protection
+from cloak.models.base import FaceEmbedder
+from cloak.models.ensemble import Ensemble, as_ensemble
+from cloak.photos import load_photo, to_tensor
+from cloak.protect import cloak_photos
+from cloak.quality import dssim, psnr, ssim
+
+log = logging.getLogger(__name__)
+
+
+def quality_row(
+    setting: str, condition: str, originals: Sequence[np.ndarray], changed: Sequence[np.ndarray]
+) -> QualityRow:
+    """Mean SSIM, DSSIM and PSNR of the photos that ``changed`` against their originals, whole photo.
+
+    Unchanged photos (e.g. without a face) are left out; PSNR is averaged over finite values.
+    """
+    idx = [i for i, (a, b) in enumerate(zip(originals, changed)) if not np.array_equal(a, b)]
+    if not idx:
+        return QualityRow(setting, condition, 1.0, 0.0, float("inf"), 1.0, 0)
+    values: dict[str, list[float]] = {"ssim": [], "dssim": [], "psnr": []}
+    for i in idx:
+        a, b = to_tensor(originals[i]).unsqueeze(0), to_tensor(changed[i]).unsqueeze(0)
+        for name, metric in (("ssim", ssim), ("dssim", dssim), ("psnr", psnr)):
+            values[name].append(float(metric(a, b)[0]))
+    q = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    finite = q["psnr"][np.isfinite(q["psnr"])]
+    return QualityRow(
+        setting=setting,
+        condition=condition,
+        ssim=float(q["ssim"].mean()),
+        dssim=float(q["dssim"].mean()),
+        psnr=float(finite.mean()) if len(finite) else float("inf"),
+        ssim_min=float(q["ssim"].min()),
+        n_photos=len(idx),
+    )
+
+
+@dataclass
+class CloakedSetting:
+    """One setting's shared photos as uploaded under the cloak and the noise baseline.
+
+    Attributes:
+        setting: the setting's row of the results.
+        cloaked: the cloaked shared photos.
+        noised: the shared photos with noise of the cloak's size.
+        noise_key: identifies ``noised`` (its size and region) for reuse across settings.
+        cloak_models: names of the models the cloak was optimised against.
+    """
+
+    setting: Setting
+    cloaked: list[np.ndarray]
+    noised: list[np.ndarray]
+    noise_key: tuple[float, str]
+    cloak_models: list[str]
+
+
+class Experiment:
+    """One run of the protocol on ``cfg`` (a composed ``evaluate`` config); see the module docstring.
+
+    Creating it selects the photos and checks the transforms (fast, before any
+    model loads); then call, in order, :meth:`load_trackers`,
+    :meth:`embed_clean_photos`, :meth:`find_faces_to_cloak`, and per setting
+    :meth:`cloak` and :meth:`score` for each of :attr:`transforms`.
+    Measurements accumulate in :attr:`results`.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too small data folder.
+        ValueError: on an unknown platform transform.
+    """
+
+    def __init__(self, cfg: DictConfig, data_root: Path) -> None:
+        self.cfg = cfg
+        data = cfg.data
+        self.photos = select_photos(
+            data_root,
+            n_users=int(data.n_users),
+            min_photos=int(data.min_photos),
+            shared_fraction=float(data.shared_fraction),
+            seed=int(cfg.seed),
+            max_photos_per_user=data.get("max_photos_per_user"),
+            max_distractors=data.get("max_distractors"),
+        )
+        p = self.photos
+        log.info(
+            "Data %s: %d users (%s), %d shared and %d clean photos; %d distractor identities, %d photos",
+            data_root,
+            len(p.split.users),
+            ", ".join(p.split.users),
+            len(p.shared_paths),
+            len(p.probe_paths),
+            len(set(p.distractor_labels)),
+            len(p.distractor_paths),
+        )
+        self.transforms = {str(t): parse_platform_transform(str(t)) for t in cfg.platform.transforms}
+        self.tracker_side = {str(t) for t in cfg.platform.get("tracker_side") or []} & set(self.transforms)
+        self.metrics = [str(m) for m in cfg.metrics]
+        self.device = resolve_device(cfg.device)
+        self.results = ExperimentResults(
+            experiment=str(cfg.get("experiment_name", "protection")),
+            data={
+                "root": str(data_root),
+                "users": p.split.users,
+                "n_shared": len(p.shared_paths),
+                "n_probes": len(p.probe_paths),
+                "n_distractor_identities": len(set(p.distractor_labels)),
+                "n_distractor_photos": len(p.distractor_paths),
+                "shared_fraction": float(data.shared_fraction),
+                "min_photos": int(data.min_photos),
+                "seed": int(cfg.seed),
+            },
+            cloak_models=[],
+            trackers=[],
+            skipped_trackers={},
+            transforms=list(self.transforms),
+            tracker_side_transforms=sorted(self.tracker_side),
+            metrics=self.metrics,
+            noise=str(cfg.baselines.noise),
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        self._models: dict[str, FaceEmbedder | Ensemble] = {}
+        self._noise: dict[tuple[float, str], list[np.ndarray]] = {}
+        self._shared: dict[tuple, dict[str, Embedded]] = {}
+
+    def load_trackers(self, cache_dir: Path | None = None) -> None:
+        """Builds the detector and the trackers (skipping those without weights or libraries).
+
+        Args:
+            cache_dir: a folder to keep the clean photos' embeddings in between
+                runs (:class:`~cloak.evaluation.cache.EmbeddingCache`); None: memory only.
+        """
+        cfg = self.cfg
+        self.detector: FaceDetector = instantiate(cfg.detector)
+        options = OmegaConf.to_container(cfg.get("tracker_options") or {}, resolve=True)
+        pipelines, skipped = build_pipelines(list(cfg.trackers), self.detector, self.device, options)
+        cache = None
+        if cache_dir is not None:
+            detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
+            cache = EmbeddingCache(cache_dir, repr((detector_cfg, options, self.device.type)))
+        self.embedder = PhotoEmbedder(pipelines, cache)
+        self.results.trackers, self.results.skipped_trackers = self.embedder.trackers, skipped
+        log.info("Trackers: %s", ", ".join(self.embedder.trackers))
+
+    def embed_clean_photos(self) -> None:
+        """Embeds every photo as it is, and once more per tracker-side transform (a *view*), with every tracker."""
+        paths = self.photos.all_paths
+        self.clean: dict[str, dict[str, Embedded]] = {}
+        for view in ["none", *sorted(self.tracker_side - {"none"})]:
+            t0 = time.perf_counter()
+            transform = None if view == "none" else self.transforms[view]
+            self.clean[view] = self.embedder.paths(paths, transform, view, desc=f"clean [{view}]")
+            misses = {t: int((~e.found).sum()) for t, e in self.clean[view].items()}
+            log.info(
+                "Embedded %d clean photos [%s] in %.0f s; no face found: %s",
+                len(paths),
+                view,
+                time.perf_counter() - t0,
+                misses,
+            )
+
+    def find_faces_to_cloak(self) -> None:
+        """Reads the shared photos and finds the faces in them with the cloak's detector."""
+        self.originals = [load_photo(p).rgb for p in self.photos.shared_paths]
+        self.cloak_faces: list[list[Face]] = self.detector.detect_many(self.originals)
+        found = sum(bool(f) for f in self.cloak_faces)
+        log.info("Cloak detector: faces in %d of %d shared photos", found, len(self.originals))
+
+    def _model(self, cfg: DictConfig) -> tuple[FaceEmbedder | Ensemble, str]:
+        """The cloak's model of a setting (built once per distinct model config) and its config key."""
+        key = OmegaConf.to_yaml(cfg.model)
+        if key not in self._models:
+            self._models[key] = build_from_config(cfg, need_detector=False, need_attack=False).model
+        return self._models[key], key
+
+    def cloak(self, sweep_setting: SweepSetting) -> CloakedSetting:
+        """Cloaks the shared photos with one setting, makes (or reuses) its noise baseline, scores their quality."""
+        cfg, label = sweep_setting.cfg, sweep_setting.label
+        model, model_key = self._model(cfg)
+        attack: Attack = build_from_config(cfg, need_model=False, need_detector=False).attack
+        setting = Setting(
+            label=label,
+            attack=attack.name,
+            eps=round(attack.eps * 255.0, 6),
+            steps=attack.steps,
+            max_dssim=attack.max_dssim,
+            robust=attack.transform is not None,
+        )
+        log.info(
+            "Setting %s: %s eps %g steps %d max_dssim %s %s",
+            label,
+            attack.name,
+            setting.eps,
+            attack.steps,
+            attack.max_dssim,
+            "robust" if setting.robust else "no transform",
+        )
+        t0 = time.perf_counter()
+        cloaked = self._cloak_in_batches(attack, model, desc=f"cloaking [{label}]")
+        setting.seconds = time.perf_counter() - t0
+        setting.n_cloaked = sum(bool(f) for f in self.cloak_faces)
+        log.info("Cloaked %d photos in %.0f s", setting.n_cloaked, setting.seconds)
+        members = {name: m for name, m, _ in as_ensemble(model).items()}
+        noise_key = (setting.eps, model_key)
+        if noise_key not in self._noise:
+            kind, seed = str(self.cfg.baselines.noise), int(self.cfg.seed)
+            self._noise[noise_key] = [
+                random_noise(p, f, members, setting.eps, seed, kind) for p, f in zip(self.originals, self.cloak_faces)
+            ]
+        result = CloakedSetting(setting, cloaked, self._noise[noise_key], noise_key, list(members))
+        self.results.settings.append(setting)
+        self.results.cloak_models += [n for n in members if n not in self.results.cloak_models]
+        for condition, images in (("cloak", result.cloaked), ("noise", result.noised)):
+            q = quality_row(label, condition, self.originals, images)
+            self.results.quality.append(q)
+            log.info(
+                "  %s quality: SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB",
+                condition,
+                q.ssim,
+                q.ssim_min,
+                q.dssim,
+                q.psnr,
+            )
+        return result
+
+    def _cloak_in_batches(self, attack: Attack, model: FaceEmbedder | Ensemble, desc: str) -> list[np.ndarray]:
+        """The shared photos cloaked ``cloak_batch_size`` at a time (photos without faces unchanged)."""
+        batch = int(self.cfg.cloak_batch_size)
+        photos, faces = self.originals, self.cloak_faces
+        out: list[np.ndarray] = []
+        n_batches = -(-len(photos) // batch)
+        with tqdm(total=n_batches * attack.steps, desc=desc, unit="step", leave=False, disable=None) as bar:
+            for start in range(0, len(photos), batch):
+                chunk = slice(start, start + batch)
+                out += cloak_photos(photos[chunk], faces[chunk], attack, model, self.device, progress=bar.update)
+        return out
+
+    def _shared_embeddings(self, condition: str, photos: CloakedSetting, transform: str) -> dict[str, Embedded]:
+        """Tracker -> the shared photos under ``condition`` after ``transform``; baselines are reused across settings."""
+        if condition == "cloak":
+            return self._embed(photos.cloaked, transform, desc=f"cloak:{photos.setting.label} [{transform}]")
+        key = (condition, transform, photos.noise_key if condition == "noise" else None)
+        if key not in self._shared:
+            if condition == "none" and (transform == "none" or transform in self.tracker_side):
+                rows = self.photos.rows("shared")
+                self._shared[key] = {t: e.take(rows) for t, e in self.clean[transform].items()}
+            else:
+                images = self.originals if condition == "none" else photos.noised
+                self._shared[key] = self._embed(images, transform, desc=f"{condition} [{transform}]")
+        return self._shared[key]
+
+    def _embed(self, images: list[np.ndarray], transform: str, desc: str) -> dict[str, Embedded]:
+        seen = images if transform == "none" else apply_transform(images, self.transforms[transform])
+        return self.embedder(seen, desc=desc)
+
+    def score(self, photos: CloakedSetting, transform: str) -> None:
+        """Scores every tracker on the cloak and both baselines of one setting after one transform."""
+        p, label = self.photos, photos.setting.label
+        side = transform in self.tracker_side
+        view = transform if side else "none"
+        probe_rows, distractor_rows = p.rows("probes"), p.rows("distractors")
+        for condition in CONDITIONS:
+            shared = self._shared_embeddings(condition, photos, transform)
+            for tracker in self.embedder.trackers:
+                clean = self.clean[view][tracker]
+                scores = tracker_protection(
+                    shared[tracker],
+                    p.shared_labels,
+                    clean.take(distractor_rows),
+                    p.distractor_labels,
+                    clean.take(probe_rows),
+                    p.probe_labels,
+                    self.metrics,
+                )
+                rel = relation(tracker, photos.cloak_models)
+                n_shared_no_face = int((~shared[tracker].found).sum())
+                self.results.protection += [
+                    ProtectionRow(
+                        *(label, tracker, rel, transform, side, condition, metric),
+                        *(s.protection, s.per_user, s.n_probes, s.n_probes_no_face, n_shared_no_face),
+                    )
+                    for metric, s in scores.items()
+                ]
+        metric = self.metrics[0]
+        line = "  ".join(
+            f"{t}: " + "/".join(f"{self.results.value(label, t, transform, c, metric):.2f}" for c in CONDITIONS)
+            for t in self.embedder.trackers
+        )
+        log.info("  [%s] %s protection (cloak/none/noise) %s", transform, METRIC_NAMES.get(metric, metric), line)
+
+
+def run_experiment(
+    cfg: DictConfig,
+    data_root: Path,
+    cache_dir: Path | None = None,
+    on_progress: Callable[[ExperimentResults], None] | None = None,
+    overrides: Sequence[str] = (),
+) -> ExperimentResults:
+    """Runs the protection experiment of ``cfg`` (see the module docstring) on the photos in ``data_root``.
+
+    Args:
+        cfg: a composed ``evaluate`` config.
+        data_root: the identity folder.
+        cache_dir: a folder to keep the clean photos' embeddings in between runs; None: memory only.
+        on_progress: called with the results so far after each transform of each setting (to save partial results).
+        overrides: the Hydra overrides ``cfg`` was composed with; each sweep entry's are composed after them.
+
+    Returns:
+        The measurements.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, DatasetError: on missing or too small data (before any model loads).
+        SweepError: on a sweep entry that does not compose (before any model loads).
+        ValueError: on an unknown transform or tracker.
+    """
+    started = time.perf_counter()
+    experiment = Experiment(cfg, data_root)
+    settings = sweep_settings(cfg, overrides)
+    experiment.load_trackers(cache_dir)
+    experiment.embed_clean_photos()
+    experiment.find_faces_to_cloak()
+    results = experiment.results
+    for setting in settings:
+        photos = experiment.cloak(setting)
+        for transform in experiment.transforms:
+            experiment.score(photos, transform)
+            if on_progress is not None:
+                results.seconds = time.perf_counter() - started
+                on_progress(results)
+    results.seconds = time.perf_counter() - started
+    return results
