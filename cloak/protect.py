@@ -9,7 +9,6 @@ also after a real JPEG q75 re-encode.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from PIL import Image
 from cloak.alignment import align_faces
 from cloak.attacks import Attack, PhotoFaces, photo_seed
 from cloak.detection import Face, FaceDetector
+from cloak.evaluation.platform import jpeg
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import pixels, to_uint8
@@ -93,11 +93,8 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
 
 
 def jpeg_round_trip(image: np.ndarray, quality: int = REPORT_JPEG_QUALITY) -> np.ndarray:
-    """A real (PIL, 4:2:0) JPEG encode and decode, as platforms do."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    """A real (PIL, 4:2:0) JPEG encode and decode, as platforms do (:func:`cloak.evaluation.platform.jpeg`)."""
+    return np.asarray(jpeg(Image.fromarray(image), quality))
 
 
 def _members(model: FaceEmbedder | Ensemble) -> dict[str, FaceEmbedder]:
