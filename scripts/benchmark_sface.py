@@ -34,15 +34,21 @@ from cloak.protect import to_tensor
 log = logging.getLogger("benchmark_sface")
 
 
-def time_forward_backward(model: FaceEmbedder, batch: int, repeats: int = 5) -> float:
-    """Median seconds of one forward+backward to the input (after two warm-up runs)."""
-    x = torch.rand(batch, 3, *model.input_size, requires_grad=True)
-    times = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        model(x).sum().backward()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[2:]))
+def time_forward_backward(models: dict[str, FaceEmbedder], batch: int, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one forward+backward to the input per model, weights frozen as in the attacks.
+
+    The models take turns (after one warm-up run each) so that a busy machine slows them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.requires_grad_(False)
+    for _ in range(repeats + 1):
+        for name, model in models.items():
+            x = torch.rand(batch, 3, *model.input_size, requires_grad=True)
+            start = time.perf_counter()
+            model(x).sum().backward()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t[1:])) for name, t in times.items()}
 
 
 @torch.no_grad()
@@ -74,15 +80,18 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=50)
     parser.add_argument("--agreement-faces", type=int, default=100)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_sface()
     if not args.skip_timing:
-        dlib = load_dlib_resnet()
         log.info("torch threads: %d", torch.get_num_threads())
+        models = {"sface": model, "dlib_resnet": load_dlib_resnet()}
         for batch in (1, 32):
-            for name, m in (("sface", model), ("dlib_resnet", dlib)):
-                log.info("%s forward+backward, batch %d: %.3f s", name, batch, time_forward_backward(m, batch))
+            for name, seconds in time_forward_backward(models, batch).items():
+                log.info("%s forward+backward, batch %d: %.3f s", name, batch, seconds)
     if args.lfw.is_dir():
         mean, worst, n = native_agreement(model, args.lfw, args.agreement_faces)
         log.info("agreement with OpenCV's pipeline: mean cosine %.4f (min %.4f) over %d faces", mean, worst, n)

@@ -199,13 +199,16 @@ class SFace(FaceEmbedder):
         super().__init__(input_size=(112, 112), template=ARCFACE_TEMPLATE, embedding_dim=_EMBEDDING_DIM)
         self.register_buffer("input_mean", torch.tensor(127.5))
         self.register_buffer("input_scale", torch.tensor(1.0 / 128.0))
-        self.features = nn.Sequential(*(_ConvPReLU(spec) for spec in SFACE_CONVS))
+        # Channels-last activations and weights: depthwise and 1x1 convolutions run about 1.5x
+        # faster on CPU (oneDNN) that way; the results are the same.
+        self.features = nn.Sequential(*(_ConvPReLU(spec) for spec in SFACE_CONVS)).to(memory_format=torch.channels_last)
         self.head = nn.Linear(math.prod(_FEATURE_SHAPE), _EMBEDDING_DIM)
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         """The graph's raw (unnormalised) output for ``[B, 3, 112, 112]`` RGB faces in ``[0, 1]``."""
         x = (faces * 255.0 - self.input_mean.to(faces)) * self.input_scale.to(faces)
-        return self.head(self.features(x).flatten(1))
+        x = self.features(x.contiguous(memory_format=torch.channels_last))
+        return self.head(x.flatten(1))  # flatten follows the logical [B, C, H, W] order
 
     @torch.no_grad()
     def load_parameters(self, params: SFaceParameters) -> None:
