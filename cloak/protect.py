@@ -154,7 +154,8 @@ def cloak_photos(
         if found:
             tensor = to_tensor(photo, device)
             landmarks = torch.as_tensor(np.stack([f.landmarks for f in found]), dtype=tensor.dtype, device=device)
-            jobs.append(PhotoFaces(tensor, landmarks, seed=photo_seed(attack.seed, tensor)))
+            boxes = torch.as_tensor(np.stack([f.box for f in found]), dtype=torch.float64)
+            jobs.append(PhotoFaces(tensor, landmarks, seed=photo_seed(attack.seed, tensor), boxes=boxes))
             index.append(i)
     out = [np.array(p, copy=True) for p in photos]
     for i, result in zip(index, attack(model, jobs, progress=progress)):

@@ -5,6 +5,7 @@ import torch
 from conftest import synthetic_photo
 
 from cloak.attacks import PGD, Fawkes, LowKey, PhotoFaces, photo_seed
+from cloak.attacks.masking import VisualMasking
 from cloak.models.ensemble import Ensemble
 from cloak.transforms import RobustTransform
 
@@ -147,10 +148,96 @@ def test_bad_parameters_are_refused():
         PGD(momentum=1.0)
     with pytest.raises(ValueError, match="input_diversity"):
         PGD(input_diversity=2.0)
+    with pytest.raises(ValueError, match="min_face_ssim_p5"):
+        PGD(min_face_ssim_p5=1.5)
+    with pytest.raises(ValueError, match="perturbation_sigma"):
+        PGD(perturbation_sigma=-1)
+    with pytest.raises(ValueError, match="color"):
+        PGD(color="cmyk")
+    with pytest.raises(ValueError, match="floor"):
+        PGD(masking=VisualMasking(floor=0))
     with pytest.raises(ValueError, match="smooth_prob"):
         LowKey(smooth_prob=1.5)
     with pytest.raises(FileNotFoundError, match="target_dir"):
         Fawkes(target_dir="/nonexistent/targets")
+
+
+SHAPING = {
+    "masking": {"masking": VisualMasking(floor=0.2, contrast=0.05)},
+    "smooth": {"perturbation_sigma": 1.0},
+    "luma": {"color": "luma"},
+    "all": {"masking": True, "perturbation_sigma": 0.7, "color": "luma"},
+}
+
+
+@pytest.mark.parametrize("shaping", sorted(SHAPING))
+def test_shaped_cloaks_keep_the_invariants(shaping, tiny_embedder):
+    """Masking, smoothing and luma-only cloaks: input unchanged, |delta| <= eps * map, [0, 1], batch == single."""
+    model = tiny_embedder(dtype=torch.float64)
+    photos = _photos(2)
+    before = [p.photo.clone() for p in photos]
+    attack = _attack("lowkey", transform=RobustTransform(), **SHAPING[shaping])
+    results = attack(model, photos)
+    for p, b, r in zip(photos, before, results):
+        assert torch.equal(p.photo, b), "the attack modified its input"
+        x0, y0, x1, y1 = r.box
+        delta = (r.photo - p.photo)[:, y0:y1, x0:x1]
+        assert r.bound.shape == (1, y1 - y0, x1 - x0) and r.bound.max() <= 8 / 255 + 1e-12
+        assert (delta.abs() <= r.bound + 1e-9).all(), "a pixel moved beyond its own bound"
+        assert delta.abs().max() > 0, "the attack changed nothing"
+        assert r.photo.min() >= 0 and r.photo.max() <= 1
+        if attack.color == "luma":
+            assert torch.allclose(delta[0], delta[1], atol=1e-9) or (r.photo.amax() == 1 or r.photo.amin() == 0)
+        assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9), "a photo's cloak depends on its batch"
+
+
+def test_masking_projects_the_bound_per_pixel(tiny_embedder):
+    """The bound is eps times the masking map of the clean region (and its feathered mask): |delta / map| <= eps."""
+    from cloak.attacks.masking import masking_map
+
+    model = tiny_embedder(dtype=torch.float64)
+    photo, landmarks = synthetic_photo(5, size=(72, 80), dtype=torch.float64)
+    photo[:, :, :40] = 0.5  # a flat left half, where the map gives only the floor
+    masking = VisualMasking(floor=0.25, contrast=0.05, luminance=0.0)
+    result = PGD(eps=16, steps=8, max_dssim=None, masking=masking)(model, [PhotoFaces(photo, landmarks, seed=2)])[0]
+    x0, y0, x1, y1 = result.box
+    share = masking_map(photo[:, y0:y1, x0:x1].unsqueeze(0), 0.25, 0.05, 1.5, 0.0)[0]
+    delta = (result.photo - photo)[:, y0:y1, x0:x1]
+    assert (result.bound <= 16 / 255 * share + 1e-12).all()
+    assert ((delta / share).abs().max() * 255) <= 16 + 1e-6
+    flat = share <= 0.25 + 1e-4
+    assert flat.any() and (~flat).any()
+    assert delta.abs().amax(0)[flat[0]].max() <= 4 / 255 + 1e-9, "flat skin got more than the floor's share"
+    assert delta.abs().amax(0)[~flat[0]].max() > 4 / 255, "texture got no more than flat skin"
+
+
+@pytest.mark.parametrize("with_boxes", [True, False])
+def test_face_ssim_p5_budget_enforced(with_boxes, tiny_embedder):
+    from cloak.quality import face_quality, ssim_percentile
+
+    model = tiny_embedder(dtype=torch.float64)
+    # Low-contrast photos, like skin: the cloak shows in their local SSIM.
+    photos = [PhotoFaces(0.45 + 0.1 * p.photo, p.landmarks, p.seed) for p in _photos(2)]
+    if with_boxes:
+        photos = [PhotoFaces(p.photo, p.landmarks, p.seed, boxes=_box(p.landmarks)) for p in photos]
+    results = PGD(eps=32, steps=5, max_dssim=None, min_face_ssim_p5=0.9)(model, photos)
+    unbudgeted = PGD(eps=32, steps=5, max_dssim=None)(model, photos)
+    for p, r, u in zip(photos, results, unbudgeted):
+        x0, y0, x1, y1 = r.box
+        if with_boxes:
+            measured = face_quality(p.photo, r.photo, p.boxes).ssim_p5
+            assert float(face_quality(p.photo, u.photo, p.boxes).ssim_p5[0]) < 0.9, "the test budget does not bind"
+        else:
+            measured = ssim_percentile(r.photo[:, y0:y1, x0:x1], p.photo[:, y0:y1, x0:x1])
+        assert float(measured.min()) >= 0.9 - 1e-9
+        assert (r.photo - p.photo).abs().max() > 0, "the budget left no cloak at all"
+
+
+def _box(landmarks: torch.Tensor) -> torch.Tensor:
+    """A face box around synthetic landmarks, as a detector would give it."""
+    lo, hi = landmarks.amin(1), landmarks.amax(1)
+    size = hi - lo
+    return torch.cat([lo - 0.3 * size, hi + 0.3 * size], dim=1)
 
 
 @pytest.mark.gpu

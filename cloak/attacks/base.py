@@ -5,7 +5,9 @@ An attack only says what to optimise (:meth:`Attack.references`,
 rest: one perturbation per photo over the region around its faces, in the
 photo's own pixels, optimised through the differentiable alignment into every
 model's input, averaged over random platform distortions, kept inside an L-inf
-ball and a perceptual (DSSIM) budget, and pasted back at full resolution.
+bound (a per-pixel map with visual masking) and a perceptual budget (the
+region's DSSIM, each face's 5th-percentile local SSIM; see
+:mod:`cloak.attacks.budget`), and pasted back at full resolution.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from cloak.alignment import warp_crops
+from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
+from cloak.attacks.masking import VisualMasking
 from cloak.attacks.regions import PhotoFaces, Region, face_region
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -25,7 +29,7 @@ from cloak.transforms import Distortion, RobustTransform, shrink_crop
 
 log = logging.getLogger(__name__)
 
-#: Steps between full checks of every photo's DSSIM (see :meth:`Attack._run`).
+#: Steps between full checks of every photo's perceptual budget (see :meth:`Attack._run`).
 BUDGET_CHECK_EVERY = 5
 
 #: A view of the ensemble: name -> (embedder, weight). Attacks may add views (smoothed copies).
@@ -41,25 +45,43 @@ class CloakResult:
         box: ``(x0, y0, x1, y1)`` of the region the cloak covers.
         dssim: the region's DSSIM against the original.
         loss: the attack's final loss per face (lower is better for the attack).
+        bound: ``[1, h, w]``: the most each pixel of the region may move (``eps`` times
+            the visual-masking map and the region's feathered mask), in ``[0, 1]`` units.
     """
 
     photo: torch.Tensor
     box: tuple[int, int, int, int]
     dssim: float
     loss: list[float]
+    bound: torch.Tensor | None = None
 
 
 class Attack:
-    """Base of all attacks: a signed-gradient (L-inf PGD) loop with EOT and a DSSIM budget.
+    """Base of all attacks: a signed-gradient (L-inf PGD) loop with EOT and a perceptual budget.
 
     Args:
-        eps: L-inf bound of the cloak, in 0-255 pixel units.
+        eps: L-inf bound of the cloak, in 0-255 pixel units (where ``masking`` allows
+            all of it; elsewhere ``eps`` times the masking map).
         steps: gradient steps.
         step_size: step in 0-255 pixel units; default ``2.5 * eps / steps``.
-        max_dssim: perceptual budget on the face region (DSSIM = (1 - SSIM) / 2);
-            ``None`` for none. Enforced by a penalty while optimising and by
-            shrinking the cloak at the end.
+        max_dssim: perceptual budget on the cloak's region (DSSIM = (1 - SSIM) / 2,
+            mean over the region); ``None`` for none. Enforced by a penalty while
+            optimising and by shrinking the cloak at the end.
         dssim_weight: weight of the penalty for exceeding ``max_dssim``.
+        min_face_ssim_p5: budget on each face: the 5th percentile of the local SSIM
+            map over its box grown 10% (where texture on flat skin shows) may not fall
+            below this; ``None`` for none. Needs the faces' ``boxes``
+            (:class:`~cloak.attacks.regions.PhotoFaces`); without them the whole
+            region counts as the face. Enforced like ``max_dssim``, on the 8-bit pixels.
+        ssim_p5_weight: weight of the penalty for local SSIM below ``min_face_ssim_p5``.
+        masking: visual masking (:class:`~cloak.attacks.masking.VisualMasking`): scales
+            the L-inf bound per pixel, full in texture and edges, down to its ``floor``
+            on flat skin. ``True`` for the default settings; ``None``/``False`` for a
+            uniform bound.
+        perturbation_sigma: Gaussian smoothing of the cloak, in model-input pixels
+            (converted to each photo's pixels through its faces' alignment); 0 for none.
+        color: ``"rgb"``, or ``"luma"`` for a grey cloak (the same change on R, G, B),
+            which survives JPEG's chroma subsampling whole.
         transform: random platform distortions averaged over; ``None`` for none.
         random_start: start from uniform noise in half the L-inf ball.
         seed: seeds everything random, together with each photo's pixels.
@@ -87,6 +109,11 @@ class Attack:
         momentum: float = 0.0,
         input_diversity: float = 0.0,
         diversity_scale: float = 0.85,
+        min_face_ssim_p5: float | None = None,
+        ssim_p5_weight: float = 50.0,
+        masking: VisualMasking | bool | None = None,
+        perturbation_sigma: float = 0.0,
+        color: str = "rgb",
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -112,6 +139,17 @@ class Attack:
         self.momentum = float(momentum)
         self.input_diversity = float(input_diversity)
         self.diversity_scale = float(diversity_scale)
+        if min_face_ssim_p5 is not None and not -1 < min_face_ssim_p5 < 1:
+            raise ValueError(f"min_face_ssim_p5 must be in (-1, 1) or null, got {min_face_ssim_p5}")
+        if perturbation_sigma < 0:
+            raise ValueError(f"perturbation_sigma must be >= 0 (model-input pixels), got {perturbation_sigma}")
+        if color not in COLORS:
+            raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        self.min_face_ssim_p5 = min_face_ssim_p5
+        self.ssim_p5_weight = float(ssim_p5_weight)
+        self.masking = VisualMasking() if masking is True else (masking or None)
+        self.perturbation_sigma = float(perturbation_sigma)
+        self.color = color
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -160,57 +198,50 @@ class Attack:
         clean_crops = self._crops(views, clean, regions, None)
         refs = self.references(views, clean_crops)
 
-        deltas = []
-        for c, g, r in zip(clean, gens, regions):
-            d = torch.zeros_like(c)
-            if self.random_start:
-                noise = torch.rand(c.shape, generator=g, dtype=torch.float64).to(c) * 2 - 1
-                d = noise * (self.eps / 2) * r.mask
-            deltas.append(((c + d).clamp(0, 1) - c).requires_grad_(True))
+        shapes = [self._shape(c, r) for c, r in zip(clean, regions)]
+        budgets = [self._budget(p, r) for p, r in zip(photos, regions)]
+        # The optimised variables: |u| <= eps; each photo's pixel change is shape.delta(u).
+        deltas = [
+            s.start(c, self.eps, g if self.random_start else None).requires_grad_(True)
+            for s, c, g in zip(shapes, clean, gens)
+        ]
         velocity = [torch.zeros_like(d) for d in deltas]
 
-        last_dssim = [0.0] * len(photos)
         for step in range(self.steps):
             active = self.active_views(views, step_gen)
             draws = [self._draw(g) for g in gens]
-            adv = [(c + d * r.mask).clamp(0, 1) for c, d, r in zip(clean, deltas, regions)]
+            adv = [(c + s.delta(d)).clamp(0, 1) for c, d, s in zip(clean, deltas, shapes)]
             loss = self._loss(active, adv, regions, draws, refs).sum()
-            if self.max_dssim is not None and self.dssim_weight > 0:
+            for i, budget in enumerate(budgets):
                 # SSIM costs a third of a step: measure every photo every few steps, and in
                 # between only those that were close to the budget.
-                checked = [
-                    i for i in range(len(adv)) if step % BUDGET_CHECK_EVERY == 0 or last_dssim[i] > 0.8 * self.max_dssim
-                ]
-                for i in checked:
-                    value = dssim(adv[i], clean[i])[0]
-                    last_dssim[i] = float(value.detach())
-                    loss = loss + self.dssim_weight * (value - self.max_dssim).clamp_min(0)
+                if budget.active and (step % BUDGET_CHECK_EVERY == 0 or budget.near()):
+                    loss = loss + budget.penalty(adv[i], clean[i])
             grads = torch.autograd.grad(loss, deltas)
             with torch.no_grad():
-                for c, d, g, v in zip(clean, deltas, grads, velocity):
+                for d, g, v in zip(deltas, grads, velocity):
                     if self.momentum > 0:
                         # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
                         v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
                         g = v
                     d -= self.step_size * g.sign()
                     d.clamp_(-self.eps, self.eps)
-                    d.copy_((c + d).clamp(0, 1) - c)
             if progress is not None:
                 progress(1)
 
         results = []
         with torch.no_grad():
-            final = [(c + d * r.mask).clamp(0, 1) for c, d, r in zip(clean, deltas, regions)]
-            final = [self._within_budget(a, c) for a, c in zip(final, clean)]
+            final = [b.shrink(c, s.delta(d), s.bound(self.eps)) for b, s, c, d in zip(budgets, shapes, clean, deltas)]
             losses = self._loss(views, final, regions, [Distortion()] * len(final), refs)
             sizes = [len(p.landmarks) for p in photos]
-            for p, r, a, c, fl in zip(photos, regions, final, clean, losses.split(sizes)):
+            for p, r, a, c, s, fl in zip(photos, regions, final, clean, shapes, losses.split(sizes)):
                 results.append(
                     CloakResult(
                         photo=r.paste(p.photo, a[0]),
                         box=r.box,
                         dssim=float(dssim(a, c)[0]),
                         loss=fl.tolist(),
+                        bound=s.bound(self.eps)[0],
                     )
                 )
         return results
@@ -255,18 +286,28 @@ class Attack:
         norm = sum(weight for _, weight in views.values())
         return total / norm
 
-    def _within_budget(self, adv: torch.Tensor, clean: torch.Tensor, iters: int = 12) -> torch.Tensor:
-        """Shrinks the cloak (bisection on its scale) until the region's DSSIM is within budget."""
-        if self.max_dssim is None or float(dssim(adv, clean)[0]) <= self.max_dssim:
-            return adv
-        delta, lo, hi = adv - clean, 0.0, 1.0
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if float(dssim(clean + mid * delta, clean)[0]) <= self.max_dssim:
-                lo = mid
-            else:
-                hi = mid
-        return clean + lo * delta
+    def _shape(self, clean: torch.Tensor, region: Region) -> CloakShape:
+        """How one photo's optimised variable becomes its region's pixel change (masking, smoothing, colour)."""
+        share = region.mask.unsqueeze(0)
+        if self.masking is not None:
+            share = share * self.masking(clean)
+        blur = 0.0
+        if self.perturbation_sigma > 0:
+            # Region pixels per model-input pixel: the scale of each face's alignment; the
+            # smallest face sets it, so no face loses the detail its model sees.
+            scales = torch.cat([m[:, :, :2].det().abs().sqrt() for m in region.matrices.values()])
+            blur = self.perturbation_sigma * float(scales.min())
+        return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3)
+
+    def _budget(self, photo: PhotoFaces, region: Region) -> FaceBudget:
+        """One photo's perceptual budget, on its faces' boxes in region pixels."""
+        boxes = photo.boxes
+        if boxes is not None:
+            x0, y0 = region.box[:2]
+            boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).cpu()
+            boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
+        h, w = region.mask.shape[-2:]
+        return FaceBudget(boxes, (h, w), self.max_dssim, self.min_face_ssim_p5, self.dssim_weight, self.ssim_p5_weight)
 
 
 class _frozen:

@@ -25,11 +25,14 @@ class PhotoFaces:
         landmarks: ``[F, 5, 2]`` MTCNN landmarks in photo pixels.
         seed: seeds this photo's random draws, so a photo gets the same cloak
             alone or in any batch (see :func:`photo_seed`).
+        boxes: optional ``[F, 4]`` detector boxes ``(x0, y0, x1, y1)`` in photo pixels,
+            where the attacks' per-face perceptual budget is measured.
     """
 
     photo: torch.Tensor
     landmarks: torch.Tensor
     seed: int = 0
+    boxes: torch.Tensor | None = None
 
 
 def photo_seed(seed: int, photo: torch.Tensor) -> int:

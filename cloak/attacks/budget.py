@@ -1,0 +1,184 @@
+"""A cloak's budget: how far each pixel may move, and how much of each face's look it may change.
+
+Two parts, both per photo, both built by the shared loop (:mod:`cloak.attacks.base`):
+
+- :class:`CloakShape` turns the variable the attack optimises, ``u`` with
+  ``|u| <= eps``, into the change of the region's pixels:
+  ``delta = share * expand(blur(u))``, where ``share`` (``[0, 1]`` per pixel) is the
+  visual-masking map (:mod:`cloak.attacks.masking`) times the region's feathered
+  mask, ``blur`` an optional Gaussian that keeps the cloak in the low frequencies
+  faces are recognised from (and JPEG keeps), and ``expand`` copies a one-channel
+  (luma-only) cloak to R, G and B. Since the blur averages, ``|delta| <= eps * share``
+  everywhere: the L-inf bound is a map, and projecting ``u`` onto ``[-eps, eps]``
+  at every step keeps it.
+- :class:`FaceBudget` is the perceptual budget: the region's mean DSSIM
+  (``max_dssim``) and, on each face's box grown by
+  :data:`~cloak.quality.FACE_BOX_GROWTH`, the 5th percentile of the local SSIM map
+  (``min_face_ssim_p5``: texture on flat skin shows there long before the mean
+  moves). A penalty keeps the optimisation near it; :meth:`FaceBudget.shrink`
+  guarantees it at the end, on the 8-bit pixels the photo is saved with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cloak.attacks.masking import smooth
+from cloak.quality import FACE_BOX_GROWTH, LOCAL_SSIM_PERCENTILE, dssim, grow_boxes, ssim_map
+
+#: Colour spaces a cloak can live in: all three channels, or luma only (grey: the same change on R, G, B).
+COLORS = ("rgb", "luma")
+
+
+@dataclass
+class CloakShape:
+    """How the optimised variable of one photo becomes the change of its region's pixels.
+
+    Attributes:
+        share: ``[1, 1, h, w]`` in ``[0, 1]``: each pixel's share of the L-inf bound
+            (visual masking times the region's feathered mask).
+        blur_sigma: Gaussian sigma of the cloak in region pixels; 0 for none.
+        channels: 3 (RGB cloak) or 1 (luma cloak, the same change on R, G and B).
+    """
+
+    share: torch.Tensor
+    blur_sigma: float = 0.0
+    channels: int = 3
+
+    def delta(self, u: torch.Tensor) -> torch.Tensor:
+        """The ``[1, 3, h, w]`` pixel change of ``u`` (``[1, channels, h, w]``); differentiable."""
+        if self.blur_sigma > 0:
+            u = smooth(u, self.blur_sigma)
+        return self.share * u.expand(-1, 3, -1, -1)
+
+    def bound(self, eps: float) -> torch.Tensor:
+        """``[1, 1, h, w]``: the most each pixel may move, ``eps * share``."""
+        return eps * self.share
+
+    def start(self, like: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+        """The variable's start: zeros, or uniform noise in half the ball when ``generator`` is given."""
+        shape = (1, self.channels, *like.shape[-2:])
+        if generator is None:
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        noise = torch.rand(shape, generator=generator, dtype=torch.float64).to(like) * 2 - 1
+        return noise * (eps / 2)
+
+
+def quantise(clean: torch.Tensor, delta: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``clean + delta`` with ``delta`` rounded to whole 8-bit grey levels within ``bound``, in ``[0, 1]``.
+
+    For a ``clean`` photo on the 8-bit grid (every decoded photo), the result is
+    exactly what is saved, so budgets checked on it hold for the saved photo.
+    """
+    levels = torch.floor(bound * 255 + 1e-6)
+    steps = torch.maximum(torch.minimum(torch.round(delta * 255), levels), -levels)
+    return (clean + steps / 255).clamp(0, 1)
+
+
+class FaceBudget:
+    """The perceptual budget of one photo's cloak region, with its penalty and its final guarantee.
+
+    Args:
+        boxes: ``[F, 4]`` face boxes ``(x0, y0, x1, y1)`` in *region* pixels, or ``None``
+            to measure the whole region as one face.
+        size: ``(h, w)`` of the region.
+        max_dssim: the region's mean DSSIM may not exceed this; ``None`` for no limit.
+        min_face_ssim_p5: the 5th percentile of each (grown) face box's local SSIM map
+            may not fall below this; ``None`` for no limit.
+        dssim_weight: weight of the penalty for exceeding ``max_dssim``.
+        ssim_p5_weight: weight of the penalty on local SSIM below ``min_face_ssim_p5``.
+    """
+
+    def __init__(
+        self,
+        boxes: torch.Tensor | None,
+        size: tuple[int, int],
+        max_dssim: float | None,
+        min_face_ssim_p5: float | None,
+        dssim_weight: float = 50.0,
+        ssim_p5_weight: float = 50.0,
+    ) -> None:
+        h, w = size
+        whole = [(0, 0, w, h)]
+        if boxes is None or len(boxes) == 0:
+            self.boxes = whole
+        else:
+            inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < w) & (boxes[:, 1] < h)
+            grown = grow_boxes(boxes[inside], FACE_BOX_GROWTH, size) if inside.any() else None
+            self.boxes = whole if grown is None else [tuple(b) for b in grown.tolist()]
+        # SSIM's 11x11 window needs 6 pixels a side: tiny boxes are measured with their surroundings.
+        self.boxes = [b if min(b[2] - b[0], b[3] - b[1]) >= 6 else whole[0] for b in self.boxes]
+        self.max_dssim = max_dssim
+        self.min_p5 = min_face_ssim_p5
+        self.dssim_weight = float(dssim_weight)
+        self.p5_weight = float(ssim_p5_weight)
+        self.last_dssim = 0.0
+        self.last_p5 = 1.0
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_dssim is not None or self.min_p5 is not None
+
+    def near(self) -> bool:
+        """Whether the last measurement was close to (or beyond) a limit, so the penalty is worth computing."""
+        close_dssim = self.max_dssim is not None and self.last_dssim > 0.8 * self.max_dssim
+        close_p5 = self.min_p5 is not None and self.last_p5 < self.min_p5 + 0.5 * (1 - self.min_p5)
+        return close_dssim or close_p5
+
+    def _local(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
+        """Per face box, the flattened local SSIM map."""
+        return [ssim_map(adv[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1]).flatten() for x0, y0, x1, y1 in self.boxes]
+
+    def penalty(self, adv: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """The differentiable penalty of ``adv`` (``[1, 3, h, w]``) for going beyond the budget.
+
+        For ``max_dssim``: ``dssim_weight`` times the excess of the region's DSSIM.
+        For ``min_face_ssim_p5``: ``ssim_p5_weight`` times the mean shortfall of the
+        local SSIM below the limit over each face box's pixels, divided by the
+        percentile's share (0.05), so it reads as the shortfall of the worst 5%.
+        """
+        total = adv.new_zeros(())
+        if self.max_dssim is not None and self.dssim_weight > 0:
+            value = dssim(adv, clean)[0]
+            self.last_dssim = float(value.detach())
+            total = total + self.dssim_weight * (value - self.max_dssim).clamp_min(0)
+        if self.min_p5 is not None and self.p5_weight > 0:
+            share = LOCAL_SSIM_PERCENTILE / 100.0
+            lows = []
+            for local in self._local(adv, clean):
+                lows.append(float(torch.quantile(local.detach(), share)))
+                total = total + self.p5_weight * (self.min_p5 - local).clamp_min(0).mean() / share
+            self.last_p5 = min(lows)
+        return total
+
+    def within(self, adv: torch.Tensor, clean: torch.Tensor) -> bool:
+        """Whether ``adv`` keeps every limit."""
+        if self.max_dssim is not None and float(dssim(adv, clean)[0]) > self.max_dssim:
+            return False
+        if self.min_p5 is not None:
+            share = LOCAL_SSIM_PERCENTILE / 100.0
+            if any(float(torch.quantile(local, share)) < self.min_p5 for local in self._local(adv, clean)):
+                return False
+        return True
+
+    def shrink(self, clean: torch.Tensor, delta: torch.Tensor, bound: torch.Tensor, iters: int = 12) -> torch.Tensor:
+        """The cloaked region, scaled down (bisection on the cloak's scale) until it keeps the budget.
+
+        The result is :func:`quantise`-d: for a photo on the 8-bit grid the budget
+        holds for the saved pixels, not only for the float ones.
+        """
+        full = quantise(clean, delta, bound)
+        if not self.active or self.within(full, clean):
+            return full
+        lo, hi, best = 0.0, 1.0, clean.clone()
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            candidate = quantise(clean, mid * delta, bound)
+            if self.within(candidate, clean):
+                lo, best = mid, candidate
+            else:
+                hi = mid
+        return best
