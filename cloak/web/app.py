@@ -43,7 +43,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import Message, Receive
 
 from cloak.builders import Parts, build_from_config
-from cloak.photos import CloakIOError, load_photo
+from cloak.photos import CloakIOError, UnreadablePhotoError, load_photo
 from cloak.web.names import safe_name, unique_names
 from cloak.web.strengths import StrengthPreset, build_presets
 from cloak.web.worker import QUEUED, CloakWorker, Job, WorkerSettings
@@ -264,6 +264,10 @@ async def _accept(
     try:
         await run_in_threadpool(_store, file, job.upload)
         await run_in_threadpool(load_photo, job.upload, max_pixels=settings.max_pixels)
+    except UnreadablePhotoError as err:
+        worker.discard(job)
+        detail = _user_message(str(err.__cause__ or err), job, name)
+        return None, f"{name} could not be read as a photo: it may be corrupt, cut short, or not an image ({detail})."
     except CloakIOError as err:
         worker.discard(job)
         return None, _user_message(str(err), job, name)

@@ -49,11 +49,10 @@ def face_verdicts(face: FaceReport, strength: str) -> list[ModelVerdict]:
         strength: the preset it was cloaked with; the advice to try a stronger
             one is given only when there is one.
     """
-    advice = (
-        "try strength high"
-        if strength != "high"
-        else "even at strength high; a larger, sharper photo of the face may help"
-    )
+    if strength == "high":
+        advice = "even at strength high, so this cloak does not protect this face: share the photo with care"
+    else:
+        advice = "try strength high"
     verdicts = []
     for name, distance in face.distance.items():
         label = model_label(name)
@@ -100,6 +99,11 @@ def face_summary(face: FaceReport, strength: str) -> dict:
             }
             for name in face.distance
         ],
+        "quality": {
+            key: round(value, 4)
+            for key in ("ssim", "psnr", "perceptual")
+            if (value := getattr(face, key, None)) is not None
+        },
         "box": [round(v, 1) for v in face.box],
         "score": round(face.score, 4),
     }

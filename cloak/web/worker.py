@@ -262,23 +262,24 @@ class CloakWorker:
     def _process(self, job: Job) -> None:
         job.started = self.clock()
         try:
-            self._cloak(job)
+            final = self._cloak(job)
         except _Stopped:
             return
         except (CloakIOError, OSError, ValueError) as err:
             job.message = str(err).replace(str(job.upload), job.name)
-            job.status = FAILED
+            final = FAILED
             log.warning("Photo %s failed: %s", job.name, job.message)
         except Exception as err:  # the server must keep working whatever one photo does
             log.exception("Photo %s failed unexpectedly", job.name)
             job.message = f"cloak failed on this photo ({type(err).__name__}: {err}); please report it"
-            job.status = FAILED
+            final = FAILED
         finally:
             job.upload.unlink(missing_ok=True)
-            job.finished = self.clock()
-            job.touched = self.clock()
+        job.finished = job.touched = self.clock()
+        job.status = final  # last: a poller that sees a final status sees everything else too
 
-    def _cloak(self, job: Job) -> None:
+    def _cloak(self, job: Job) -> str:
+        """Loads, cloaks, measures and saves one photo; returns its final status."""
         settings, parts = self.settings, self.parts
         job.status = DETECTING
         loaded = load_photo(job.upload, max_pixels=settings.max_pixels)
@@ -298,9 +299,8 @@ class CloakWorker:
             if job.keep_no_face:
                 job.result = copy_unchanged(loaded, dest, **save_kw)
                 job.download_name = _unchanged_name(job.name, loaded)
-            job.status = NO_FACE
             job.report = {"faces": []}
-            return
+            return NO_FACE
 
         preset = self.presets[job.strength]
         job.steps, job.step = preset.attack.steps, 0
@@ -321,8 +321,8 @@ class CloakWorker:
             "psnr": round(report.psnr, 2),
             "faces": [face_summary(f, job.strength) for f in report.faces],
         }
-        job.status = DONE
         self.cloaked_count += 1
+        return DONE
 
     def _write_previews(self, job: Job, loaded: LoadedPhoto, cloaked: np.ndarray) -> None:
         self._write_preview(job, "before", loaded.rgb)
