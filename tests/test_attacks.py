@@ -96,6 +96,37 @@ def test_transfer_techniques_keep_the_invariants(technique, tiny_embedder):
         assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9)
 
 
+def test_early_stopping_stops_each_photo_once_past_the_threshold(tiny_embedder):
+    """A photo stops when its faces clear the margin; its cloak is the same alone or in a batch."""
+    model = tiny_embedder(dtype=torch.float64)
+    model.cosine_threshold = 0.999  # a threshold the tiny model crosses within a few steps
+    photos = _photos(3)
+    attack = _attack("pgd", steps=30, stop_margin=0.5, min_steps=3, transform=RobustTransform())
+    ticks = []
+    batch = attack(model, photos, progress=ticks.append)
+    assert all(3 <= r.steps < 30 for r in batch), [r.steps for r in batch]
+    assert sum(ticks) == 30, "the progress bar must reach the end"
+    for p, b in zip(photos, batch):
+        single = attack(model, [p])[0]
+        assert single.steps == b.steps
+        assert torch.allclose(single.photo, b.photo, atol=1e-9)
+    full = _attack("pgd", steps=30, transform=RobustTransform())(model, photos)
+    assert all(r.steps == 30 for r in full)
+    # An attack with no margin (targeted) runs every step whatever stop_margin says.
+    targeted = _attack("fawkes", steps=6, stop_margin=0.0, min_steps=0)(model, photos[:1])
+    assert targeted[0].steps == 6
+
+
+def test_skip_gradient_is_applied_only_during_the_attack(tiny_embedder):
+    from cloak.models.augmentation import residual_blocks
+
+    model = tiny_embedder(dtype=torch.float64)
+    assert residual_blocks(model) == []  # tiny models have no residual blocks: nothing changes
+    plain = _attack("pgd")(model, _photos(1))[0]
+    skipped = _attack("pgd", skip_gradient=0.5)(model, _photos(1))[0]
+    assert torch.equal(plain.photo, skipped.photo)
+
+
 def test_input_diversity_shrinks_the_face_inside_the_crop():
     from cloak.transforms import shrink_crop
 
@@ -144,6 +175,10 @@ def test_bad_parameters_are_refused():
         PGD(eps=0)
     with pytest.raises(ValueError, match="max_dssim"):
         PGD(max_dssim=2.0)
+    with pytest.raises(ValueError, match="skip_gradient"):
+        PGD(skip_gradient=0.0)
+    with pytest.raises(ValueError, match="min_steps"):
+        PGD(min_steps=-1)
     with pytest.raises(ValueError, match="momentum"):
         PGD(momentum=1.0)
     with pytest.raises(ValueError, match="input_diversity"):

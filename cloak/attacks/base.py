@@ -22,6 +22,7 @@ from cloak.alignment import warp_crops
 from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
 from cloak.attacks.masking import VisualMasking
 from cloak.attacks.regions import PhotoFaces, Region, face_region
+from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.quality import dssim
@@ -47,6 +48,7 @@ class CloakResult:
         loss: the attack's final loss per face (lower is better for the attack).
         bound: ``[1, h, w]``: the most each pixel of the region may move (``eps`` times
             the visual-masking map and the region's feathered mask), in ``[0, 1]`` units.
+        steps: the optimisation steps this photo took (fewer than asked when it stopped early).
     """
 
     photo: torch.Tensor
@@ -54,6 +56,7 @@ class CloakResult:
     dssim: float
     loss: list[float]
     bound: torch.Tensor | None = None
+    steps: int = 0
 
 
 class Attack:
@@ -92,6 +95,13 @@ class Attack:
             random factor in ``[diversity_scale, 1)`` and padding it back at a random offset
             (DI-FGSM, Xie et al. 2019); 0 for none.
         diversity_scale: the smallest shrink factor of ``input_diversity``.
+        skip_gradient: scales the gradient through the residual branches of the models
+            that support it (skip-gradient model augmentation, Wu et al. 2020); 1 for none.
+        stop_margin: early stopping: a photo stops once every face is past every model's
+            same-person threshold by this margin (in units of the model's loss scale, see
+            :meth:`face_margin`), averaged over the recent random distortions; ``None``
+            runs every step. Attacks without a margin (targeted ones) never stop early.
+        min_steps: the fewest steps a photo takes before it may stop early.
     """
 
     name = "attack"
@@ -114,6 +124,9 @@ class Attack:
         masking: VisualMasking | bool | None = None,
         perturbation_sigma: float = 0.0,
         color: str = "rgb",
+        skip_gradient: float = 1.0,
+        stop_margin: float | None = None,
+        min_steps: int = 10,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -150,6 +163,13 @@ class Attack:
         self.masking = VisualMasking() if masking is True else (masking or None)
         self.perturbation_sigma = float(perturbation_sigma)
         self.color = color
+        if not 0 < skip_gradient <= 1:
+            raise ValueError(f"skip_gradient must be in (0, 1], got {skip_gradient}")
+        if min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+        self.skip_gradient = float(skip_gradient)
+        self.stop_margin = None if stop_margin is None else float(stop_margin)
+        self.min_steps = int(min_steps)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -169,6 +189,14 @@ class Attack:
         """``[F]`` loss to *minimise* per face; subclasses define it."""
         raise NotImplementedError
 
+    def face_margin(self, loss: torch.Tensor, model: FaceEmbedder) -> torch.Tensor | None:
+        """``[F]`` how far past ``model``'s same-person threshold each face is (> 0: no match), or None.
+
+        ``loss`` is :meth:`face_loss` of the faces for that model. Early stopping
+        (``stop_margin``) needs it; attacks that cannot tell return None.
+        """
+        return None
+
     # ---- the shared loop --------------------------------------------------------
     def __call__(
         self,
@@ -187,7 +215,7 @@ class Attack:
         views = self.views(ensemble)
         if not photos:
             return []
-        with _frozen(ensemble):
+        with _frozen(ensemble), skip_gradient(ensemble, self.skip_gradient):
             return self._run(views, list(photos), progress)
 
     def _run(self, views: Views, photos: list[PhotoFaces], progress: Callable[[int], None] | None) -> list[CloakResult]:
@@ -206,20 +234,33 @@ class Attack:
             for s, c, g in zip(shapes, clean, gens)
         ]
         velocity = [torch.zeros_like(d) for d in deltas]
+        stopping = _EarlyStop(self, [len(p.landmarks) for p in photos])
 
         for step in range(self.steps):
             active = self.active_views(views, step_gen)
-            draws = [self._draw(g) for g in gens]
-            adv = [(c + s.delta(d)).clamp(0, 1) for c, d, s in zip(clean, deltas, shapes)]
-            loss = self._loss(active, adv, regions, draws, refs).sum()
-            for i, budget in enumerate(budgets):
+            live = stopping.live()
+            if not live:
+                break
+            draws = {i: self._draw(gens[i]) for i in live}
+            adv = {i: (clean[i] + shapes[i].delta(deltas[i])).clamp(0, 1) for i in live}
+            per_view = self._view_losses(
+                active,
+                [adv[i] for i in live],
+                [regions[i] for i in live],
+                [draws[i] for i in live],
+                refs,
+                stopping.face_rows(live),
+            )
+            loss = self._weigh(active, per_view).sum()
+            for i in live:
                 # SSIM costs a third of a step: measure every photo every few steps, and in
                 # between only those that were close to the budget.
-                if budget.active and (step % BUDGET_CHECK_EVERY == 0 or budget.near()):
-                    loss = loss + budget.penalty(adv[i], clean[i])
-            grads = torch.autograd.grad(loss, deltas)
+                if budgets[i].active and (step % BUDGET_CHECK_EVERY == 0 or budgets[i].near()):
+                    loss = loss + budgets[i].penalty(adv[i], clean[i])
+            grads = torch.autograd.grad(loss, [deltas[i] for i in live])
+            stopping.update(live, active, per_view, step)
             with torch.no_grad():
-                for d, g, v in zip(deltas, grads, velocity):
+                for d, g, v in zip([deltas[i] for i in live], grads, [velocity[i] for i in live]):
                     if self.momentum > 0:
                         # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
                         v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
@@ -228,13 +269,15 @@ class Attack:
                     d.clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)
+        if progress is not None and self.steps > stopping.steps_run:
+            progress(self.steps - stopping.steps_run)  # the steps no photo needed
 
         results = []
         with torch.no_grad():
             final = [b.shrink(c, s.delta(d), s.bound(self.eps)) for b, s, c, d in zip(budgets, shapes, clean, deltas)]
             losses = self._loss(views, final, regions, [Distortion()] * len(final), refs)
             sizes = [len(p.landmarks) for p in photos]
-            for p, r, a, c, s, fl in zip(photos, regions, final, clean, shapes, losses.split(sizes)):
+            for i, (p, r, a, c, s, fl) in enumerate(zip(photos, regions, final, clean, shapes, losses.split(sizes))):
                 results.append(
                     CloakResult(
                         photo=r.paste(p.photo, a[0]),
@@ -242,6 +285,7 @@ class Attack:
                         dssim=float(dssim(a, c)[0]),
                         loss=fl.tolist(),
                         bound=s.bound(self.eps)[0],
+                        steps=stopping.steps_taken[i],
                     )
                 )
         return results
@@ -272,6 +316,32 @@ class Attack:
                 crops[name].append(warp_crops(img.expand(len(m), -1, -1, -1), m, model.input_size))
         return {name: torch.cat(c) for name, c in crops.items()}
 
+    def _view_losses(
+        self,
+        views: Views,
+        images: list[torch.Tensor],
+        regions: list[Region],
+        draws: list[Distortion] | None,
+        refs: dict[str, torch.Tensor],
+        faces: list[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per view, the ``[F]`` loss of the faces of ``images``.
+
+        ``faces`` indexes the rows of ``refs`` that belong to those images (None: all rows),
+        for steps where some photos of the batch have stopped early.
+        """
+        crops = self._crops(views, images, regions, draws)
+        return {
+            name: self.face_loss(model(crops[name]), refs[name] if faces is None else refs[name][faces])
+            for name, (model, _) in views.items()
+        }
+
+    @staticmethod
+    def _weigh(views: Views, per_view: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[F]`` the views' losses averaged with their weights."""
+        total = sum(weight * per_view[name] for name, (_, weight) in views.items())
+        return total / sum(weight for _, weight in views.values())
+
     def _loss(
         self,
         views: Views,
@@ -281,10 +351,7 @@ class Attack:
         refs: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """``[F_total]`` weighted loss over views."""
-        crops = self._crops(views, images, regions, draws)
-        total = sum(weight * self.face_loss(model(crops[name]), refs[name]) for name, (model, weight) in views.items())
-        norm = sum(weight for _, weight in views.values())
-        return total / norm
+        return self._weigh(views, self._view_losses(views, images, regions, draws, refs))
 
     def _shape(self, clean: torch.Tensor, region: Region) -> CloakShape:
         """How one photo's optimised variable becomes its region's pixel change (masking, smoothing, colour)."""
@@ -308,6 +375,58 @@ class Attack:
             boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
         h, w = region.mask.shape[-2:]
         return FaceBudget(boxes, (h, w), self.max_dssim, self.min_face_ssim_p5, self.dssim_weight, self.ssim_p5_weight)
+
+
+class _EarlyStop:
+    """Which photos of a batch still optimise, and how many steps each took.
+
+    A photo stops once each of its faces is past every active model's threshold by
+    the attack's ``stop_margin``, in an average over the last few random distortions
+    (a single lucky draw must not stop it), and it has taken ``min_steps``. Each
+    photo's decision depends on its own faces only, so a photo stops at the same
+    step alone or in any batch.
+    """
+
+    #: Weight of the newest step in the running average of each face's margin.
+    SMOOTHING = 0.3
+
+    def __init__(self, attack: Attack, faces_per_photo: list[int]) -> None:
+        self.attack = attack
+        self.offsets = [0, *torch.tensor(faces_per_photo).cumsum(0).tolist()]
+        self.steps_taken = [0] * len(faces_per_photo)
+        self.margin: list[torch.Tensor | None] = [None] * len(faces_per_photo)
+        self.stopped = [False] * len(faces_per_photo)
+        self.steps_run = 0
+
+    def live(self) -> list[int]:
+        return [i for i, done in enumerate(self.stopped) if not done]
+
+    def face_rows(self, photos: list[int]) -> torch.Tensor | None:
+        """Rows of the batch's per-face tensors that belong to ``photos`` (None when that is every row)."""
+        if len(photos) == len(self.stopped):
+            return None
+        return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in photos])
+
+    @torch.no_grad()
+    def update(self, live: list[int], views: Views, per_view: dict[str, torch.Tensor], step: int) -> None:
+        """Counts the step for the ``live`` photos and stops those whose faces cleared the margin."""
+        self.steps_run = step + 1
+        for i in live:
+            self.steps_taken[i] += 1
+        if self.attack.stop_margin is None:
+            return
+        margins = [self.attack.face_margin(per_view[name].detach(), model) for name, (model, _) in views.items()]
+        if any(m is None for m in margins):
+            return
+        worst = torch.stack(margins).amin(0)  # every model must be fooled
+        start = 0
+        for i in live:
+            n = self.offsets[i + 1] - self.offsets[i]
+            now, start = worst[start : start + n], start + n
+            old = self.margin[i]
+            self.margin[i] = now if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * now
+            if self.steps_taken[i] >= self.attack.min_steps and bool((self.margin[i] >= self.attack.stop_margin).all()):
+                self.stopped[i] = True
 
 
 class _frozen:

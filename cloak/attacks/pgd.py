@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from cloak.attacks.base import Attack
+from cloak.models.base import FaceEmbedder
+from cloak.models.ensemble import loss_scale
 
 
 class PGD(Attack):
@@ -18,3 +20,9 @@ class PGD(Attack):
 
     def face_loss(self, embedding: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return (embedding * reference).sum(-1)
+
+    def face_margin(self, loss: torch.Tensor, model: FaceEmbedder) -> torch.Tensor | None:
+        """``(threshold - cos) / (1 - threshold)``: 0 on the model's threshold, 1 one loss scale past it."""
+        if model.cosine_threshold is None:
+            return None
+        return (model.cosine_threshold - loss) / loss_scale(model)
