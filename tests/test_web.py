@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -16,7 +18,7 @@ from PIL import Image
 from cloak.builders import build_from_config
 from cloak.config import load_config
 from cloak.protect import FaceReport
-from cloak.web.app import CONTENT_SECURITY_POLICY, create_app
+from cloak.web.app import CONTENT_SECURITY_POLICY, STATIC_DIR, create_app
 from cloak.web.names import cloaked_name, safe_name, unique_names
 from cloak.web.server import allowed_hosts, exposure_warning, is_loopback, page_url
 from cloak.web.strengths import build_presets
@@ -281,6 +283,25 @@ def test_loopback_by_default_and_a_warning_for_other_hosts():
     assert page_url("::1", 80) == "http://[::1]:80/"
 
 
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_binds_where_told_and_warns_off_loopback(monkeypatch, caplog, parts, host, warned):
+    import uvicorn
+
+    import cloak.web.server as server
+
+    bound = {}
+    monkeypatch.setattr(server, "build_from_config", lambda cfg, **need: parts)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: bound.update(host=self.config.host))
+    server.serve(load_config([*FAST, f"host={host}", "open_browser=false"], config_name="serve"))
+    assert bound["host"] == host
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "anyone on your network" in r.getMessage()
+    ]
+    assert bool(warnings) == warned
+
+
 def test_results_are_deleted_when_idle_and_when_the_server_stops(make_client, parts):
     now = [0.0]
     client = make_client("idle_timeout_s=60", clock=lambda: now[0])
@@ -359,3 +380,13 @@ def test_python_m_cloak_serve_dispatches_with_hydra_overrides(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cloak", "serve", "port=9000", "strength=low", "open_browser=false"])
     entry.main()
     assert seen["cfg"].port == 9000 and seen["cfg"].open_browser is False and seen["strength"] == "low"
+
+
+@pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")
+def test_wheel_ships_the_page(tmp_path):
+    root = STATIC_DIR.parents[2]
+    subprocess.run(["uv", "build", "--wheel", "--out-dir", str(tmp_path)], cwd=root, check=True, capture_output=True)
+    [wheel] = tmp_path.glob("cloak-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"cloak/web/static/{p.name}" for p in STATIC_DIR.iterdir()} | {"cloak/configs/serve.yaml"}
+    assert shipped <= names, f"missing from the wheel: {sorted(shipped - names)}"

@@ -168,6 +168,8 @@ class CloakWorker:
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("The photo being cloaked did not stop within %.0f s; its result is discarded", timeout)
         with self._lock:
             self._jobs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -312,6 +314,8 @@ class CloakWorker:
             job.step += n
 
         [cloaked] = cloak_photos([loaded.rgb], [faces], preset.attack, parts.model, parts.device, progress)
+        if self._stop.is_set():  # stopping: write nothing more into the folder being deleted
+            raise _Stopped
         job.status = SAVING
         report = measure(loaded.rgb, cloaked, faces, parts.model, parts.device)
         job.result = save_photo(cloaked, loaded, dest, **save_kw)

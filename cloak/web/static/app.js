@@ -315,7 +315,12 @@ async function poll() {
         pending.map(async ([id]) => {
           const response = await fetch(`/api/photos/${encodeURIComponent(id)}`);
           if (response.status === 404) {
-            render({ ...state.photos.get(id).data, status: "failed", message: "This photo is gone from the server (it was restarted, or the result expired). Please add it again." });
+            render({
+              ...(state.photos.get(id).data || {}),
+              id,
+              status: "failed",
+              message: "This photo is gone from the server (it was restarted, or the result expired). Please add it again.",
+            });
             return;
           }
           render(await response.json());
