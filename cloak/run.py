@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from cloak.builders import build_from_config
 from cloak.photos import (
-    check_save_options,
     CloakIOError,
     LoadedPhoto,
+    check_save_options,
     copy_unchanged,
     destination_for,
     find_photos,
@@ -33,6 +33,7 @@ from cloak.photos import (
 )
 from cloak.preview import side_by_side
 from cloak.protect import PhotoReport, cloak_photos, measure
+from cloak.resources import StageTimer
 
 log = logging.getLogger("cloak")
 
@@ -85,8 +86,16 @@ def option_error(cfg: DictConfig) -> str | None:
     return None
 
 
-def run(cfg: DictConfig) -> int:
-    """Cloaks the photos named by ``cfg.input`` as configured; returns the exit status."""
+def run(cfg: DictConfig, timer: StageTimer | None = None) -> int:
+    """Cloaks the photos named by ``cfg.input`` as configured; returns the exit status.
+
+    Args:
+        cfg: the composed ``configs/cloak.yaml``.
+        timer: collects the wall and CPU seconds of each stage (decode, detect, cloak,
+            measure, encode, preview, report) and counts photos, faces and steps; a new
+            one when ``None``. Its summary is logged at debug level.
+    """
+    timer = timer if timer is not None else StageTimer()
     problem = option_error(cfg)
     if problem is not None:
         log.error("%s (see configs/cloak.yaml)", problem)
@@ -96,7 +105,7 @@ def run(cfg: DictConfig) -> int:
             source = demo_input(Path(tmp) / "cloak-demo")
             output = Path(cfg.output_dir or "cloak-demo").resolve()
             log.info("No input given: cloaking the built-in demo photo (NASA's public-domain astronaut portrait)")
-            return _run(cfg, source, output, preview=True)
+            return _run(cfg, source, output, preview=True, timer=timer)
     source = Path(str(cfg.input)).expanduser().resolve()
     if not source.exists():
         log.error("Input %s does not exist", source)
@@ -106,10 +115,10 @@ def run(cfg: DictConfig) -> int:
     except CloakIOError as err:
         log.error("%s", err)
         return 2
-    return _run(cfg, source, output, preview=bool(cfg.preview))
+    return _run(cfg, source, output, preview=bool(cfg.preview), timer=timer)
 
 
-def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
+def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
     root = source if source.is_dir() else source.parent
     listing = find_photos(source)
     for path in listing.skipped:
@@ -117,7 +126,8 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
     if not listing.photos:
         log.error("No photos found in %s", source)
         return 2
-    parts = build_from_config(cfg)
+    with timer.stage("build"):
+        parts = build_from_config(cfg)
     log.info(
         "Cloaking %d photo(s) from %s into %s (attack=%s, %d steps, eps=%s/255, device=%s)",
         len(listing.photos),
@@ -141,8 +151,10 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
                 outcome.skipped_done.append(str(rel))
                 continue
             try:
-                loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
-                faces = parts.detector.detect(loaded.rgb)
+                with timer.stage("decode"):
+                    loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
+                with timer.stage("detect"):
+                    faces = parts.detector.detect(loaded.rgb)
             except (CloakIOError, OSError, ValueError) as err:
                 outcome.failed[str(rel)] = str(err)
                 log.error("Failed: %s", err)
@@ -150,17 +162,21 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
             if not faces:
                 outcome.no_face.append(str(rel))
                 if cfg.no_face == "copy":
-                    _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw))
+                    with timer.stage("copy"):
+                        _guard(
+                            outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw)
+                        )
                 continue
             pending.append(Pending(path, dest, loaded, faces))
             if len(pending) >= int(cfg.batch_size):
-                _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+                _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar, timer)
                 pending = []
                 # What is done stays done: the report follows every batch, so a killed run
                 # leaves an accurate one, and the re-run skips the photos already written.
-                _write_report(output, outcome, cfg)
+                with timer.stage("report"):
+                    _write_report(output, outcome, cfg)
         if pending:
-            _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar)
+            _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar, timer)
     except KeyboardInterrupt:
         bar.close()
         _write_report(output, outcome, cfg)
@@ -171,8 +187,10 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool) -> int:
         )
         return 130
     bar.close()
-    _write_report(output, outcome, cfg)
+    with timer.stage("report"):
+        _write_report(output, outcome, cfg)
     _summarise(outcome, output)
+    log.debug("Time per stage: %s", timer.summary())
     return 1 if outcome.failed else 0
 
 
@@ -188,36 +206,59 @@ def _guard(outcome: Outcome, rel: Path, action) -> bool:
 
 
 def _cloak_batch(
-    pending: list[Pending], parts, cfg, output: Path, root: Path, preview: bool, save_kw, outcome: Outcome, bar
+    pending: list[Pending],
+    parts,
+    cfg,
+    output: Path,
+    root: Path,
+    preview: bool,
+    save_kw,
+    outcome: Outcome,
+    bar,
+    timer: StageTimer,
 ) -> None:
     n_faces = sum(len(p.faces) for p in pending)
     bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
     steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
-    cloaked = cloak_photos(
-        [p.loaded.rgb for p in pending],
-        [p.faces for p in pending],
-        parts.attack,
-        parts.model,
-        parts.device,
-        steps.update,
-    )
+
+    def step_done(n: int) -> None:
+        steps.update(n)
+        timer.count("steps", n)
+
+    with timer.stage("cloak"):
+        cloaked = cloak_photos(
+            [p.loaded.rgb for p in pending],
+            [p.faces for p in pending],
+            parts.attack,
+            parts.model,
+            parts.device,
+            step_done,
+        )
     steps.close()
+    timer.count("faces", n_faces)
     for p, image in zip(pending, cloaked):
         rel = p.path.relative_to(root)
-        if not _guard(
-            outcome, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
-        ):
+        with timer.stage("encode"):
+            written = _guard(
+                outcome, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
+            )
+        if not written:
             continue
-        outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
+        with timer.stage("measure"):
+            outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
+        timer.count("photos")
         if preview:
             png = output / PREVIEW_DIR / rel.with_suffix(".png")
             report = outcome.cloaked[str(rel)]
             label = f"face SSIM {report.face_ssim:.3f}, p5 {report.face_ssim_p5:.3f}" if report.face_ssim else None
-            _guard(
-                outcome,
-                rel,
-                lambda: write_png(side_by_side(p.loaded.rgb, image, label=label), png, overwrite=bool(cfg.overwrite)),
-            )
+            with timer.stage("preview"):
+                _guard(
+                    outcome,
+                    rel,
+                    lambda: write_png(
+                        side_by_side(p.loaded.rgb, image, label=label), png, overwrite=bool(cfg.overwrite)
+                    ),
+                )
 
 
 def _write_report(output: Path, outcome: Outcome, cfg: DictConfig) -> None:

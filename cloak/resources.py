@@ -1,0 +1,106 @@
+"""Where a run's time and memory go: wall and CPU seconds per stage, counts, peak memory.
+
+:class:`StageTimer` is what :func:`cloak.run.run` times its stages with (decode,
+detect, cloak, measure, encode, ...) and logs at debug level; the benchmarks
+(``scripts/bench.py``, ``scripts/bench_library.py``) read the same numbers.
+CPU seconds are those of the whole process (all threads), so on a machine shared
+with other jobs they show the work done where wall seconds show the waiting too.
+
+Peak memory is the resident set's high-water mark (``VmHWM`` in
+``/proc/self/status``, else ``resource.getrusage``); on Linux it can be reset
+(:func:`reset_peak_rss`) to measure one part of a process.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass
+class StageTimer:
+    """Accumulates wall and CPU seconds per named stage, and counts (photos, faces, steps).
+
+    Attributes:
+        wall: stage -> wall-clock seconds spent in it.
+        cpu: stage -> process CPU seconds (all threads) spent in it.
+        counts: name -> total counted with :meth:`count`.
+        on_count: optional ``f(name, total)`` called after each :meth:`count`
+            (e.g. to sample memory every 100 photos).
+    """
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    on_count: Callable[[str, int], None] | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times the ``with`` block into stage ``name`` (added to what it already holds)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Adds ``n`` to the count ``name``."""
+        self.counts[name] = self.counts.get(name, 0) + int(n)
+        if self.on_count is not None:
+            self.on_count(name, self.counts[name])
+
+    @property
+    def total_wall(self) -> float:
+        """Wall seconds over all stages."""
+        return sum(self.wall.values())
+
+    def summary(self) -> str:
+        """One line: each stage's wall (CPU) seconds, then the counts."""
+        stages = ", ".join(f"{k} {self.wall[k]:.2f}s ({self.cpu.get(k, 0.0):.2f}s CPU)" for k in self.wall)
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts.items())
+        return f"{stages}; {counts}" if counts else stages
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory (high-water mark) in bytes, since start or the last reset."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def rss_bytes() -> int:
+    """The process's current resident memory in bytes (0 where ``/proc`` is missing)."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Resets the peak-memory mark to the current resident size (Linux); returns whether it could."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        log.debug("Cannot reset the peak-memory mark (no writable %s): peaks count from process start", _CLEAR_REFS)
+        return False
