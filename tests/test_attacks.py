@@ -185,6 +185,8 @@ def test_bad_parameters_are_refused():
         PGD(input_diversity=2.0)
     with pytest.raises(ValueError, match="min_face_ssim_p5"):
         PGD(min_face_ssim_p5=1.5)
+    with pytest.raises(ValueError, match="min_face_ssim must"):
+        PGD(min_face_ssim=-2)
     with pytest.raises(ValueError, match="perturbation_sigma"):
         PGD(perturbation_sigma=-1)
     with pytest.raises(ValueError, match="color"):
@@ -247,24 +249,27 @@ def test_masking_projects_the_bound_per_pixel(tiny_embedder):
 
 
 @pytest.mark.parametrize("with_boxes", [True, False])
-def test_face_ssim_p5_budget_enforced(with_boxes, tiny_embedder):
-    from cloak.quality import face_quality, ssim_percentile
+def test_face_ssim_budgets_enforced(with_boxes, tiny_embedder):
+    from cloak.quality import face_quality, ssim, ssim_percentile
 
     model = tiny_embedder(dtype=torch.float64)
     # Low-contrast photos, like skin: the cloak shows in their local SSIM.
     photos = [PhotoFaces(0.45 + 0.1 * p.photo, p.landmarks, p.seed) for p in _photos(2)]
     if with_boxes:
         photos = [PhotoFaces(p.photo, p.landmarks, p.seed, boxes=_box(p.landmarks)) for p in photos]
-    results = PGD(eps=32, steps=5, max_dssim=None, min_face_ssim_p5=0.9)(model, photos)
+    results = PGD(eps=32, steps=5, max_dssim=None, min_face_ssim_p5=0.9, min_face_ssim=0.97)(model, photos)
     unbudgeted = PGD(eps=32, steps=5, max_dssim=None)(model, photos)
     for p, r, u in zip(photos, results, unbudgeted):
         x0, y0, x1, y1 = r.box
         if with_boxes:
-            measured = face_quality(p.photo, r.photo, p.boxes).ssim_p5
+            quality = face_quality(p.photo, r.photo, p.boxes)
+            measured, mean = quality.ssim_p5, quality.ssim
             assert float(face_quality(p.photo, u.photo, p.boxes).ssim_p5[0]) < 0.9, "the test budget does not bind"
         else:
             measured = ssim_percentile(r.photo[:, y0:y1, x0:x1], p.photo[:, y0:y1, x0:x1])
+            mean = ssim(r.photo[:, y0:y1, x0:x1], p.photo[:, y0:y1, x0:x1])
         assert float(measured.min()) >= 0.9 - 1e-9
+        assert float(mean.min()) >= 0.97 - 1e-9
         assert (r.photo - p.photo).abs().max() > 0, "the budget left no cloak at all"
 
 

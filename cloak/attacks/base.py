@@ -76,7 +76,10 @@ class Attack:
             below this; ``None`` for none. Needs the faces' ``boxes``
             (:class:`~cloak.attacks.regions.PhotoFaces`); without them the whole
             region counts as the face. Enforced like ``max_dssim``, on the 8-bit pixels.
-        ssim_p5_weight: weight of the penalty for local SSIM below ``min_face_ssim_p5``.
+        ssim_p5_weight: weight of the penalties for face SSIM below ``min_face_ssim`` and
+            local SSIM below ``min_face_ssim_p5``.
+        min_face_ssim: budget on each face: the mean SSIM over its box grown 10% may not
+            fall below this; ``None`` for none. Enforced like ``min_face_ssim_p5``.
         masking: visual masking (:class:`~cloak.attacks.masking.VisualMasking`): scales
             the L-inf bound per pixel, full in texture and edges, down to its ``floor``
             on flat skin. ``True`` for the default settings; ``None``/``False`` for a
@@ -121,6 +124,7 @@ class Attack:
         diversity_scale: float = 0.85,
         min_face_ssim_p5: float | None = None,
         ssim_p5_weight: float = 50.0,
+        min_face_ssim: float | None = None,
         masking: VisualMasking | bool | None = None,
         perturbation_sigma: float = 0.0,
         color: str = "rgb",
@@ -158,8 +162,11 @@ class Attack:
             raise ValueError(f"perturbation_sigma must be >= 0 (model-input pixels), got {perturbation_sigma}")
         if color not in COLORS:
             raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        if min_face_ssim is not None and not -1 < min_face_ssim < 1:
+            raise ValueError(f"min_face_ssim must be in (-1, 1) or null, got {min_face_ssim}")
         self.min_face_ssim_p5 = min_face_ssim_p5
         self.ssim_p5_weight = float(ssim_p5_weight)
+        self.min_face_ssim = min_face_ssim
         self.masking = VisualMasking() if masking is True else (masking or None)
         self.perturbation_sigma = float(perturbation_sigma)
         self.color = color
@@ -374,7 +381,15 @@ class Attack:
             boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).cpu()
             boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
         h, w = region.mask.shape[-2:]
-        return FaceBudget(boxes, (h, w), self.max_dssim, self.min_face_ssim_p5, self.dssim_weight, self.ssim_p5_weight)
+        return FaceBudget(
+            boxes,
+            (h, w),
+            self.max_dssim,
+            self.min_face_ssim_p5,
+            self.dssim_weight,
+            self.ssim_p5_weight,
+            min_face_ssim=self.min_face_ssim,
+        )
 
 
 class _EarlyStop:

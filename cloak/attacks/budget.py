@@ -13,9 +13,9 @@ Two parts, both per photo, both built by the shared loop (:mod:`cloak.attacks.ba
   at every step keeps it.
 - :class:`FaceBudget` is the perceptual budget: the region's mean DSSIM
   (``max_dssim``) and, on each face's box grown by
-  :data:`~cloak.quality.FACE_BOX_GROWTH`, the 5th percentile of the local SSIM map
-  (``min_face_ssim_p5``: texture on flat skin shows there long before the mean
-  moves). A penalty keeps the optimisation near it; :meth:`FaceBudget.shrink`
+  :data:`~cloak.quality.FACE_BOX_GROWTH`, its mean SSIM (``min_face_ssim``) and the
+  5th percentile of its local SSIM map (``min_face_ssim_p5``: texture on flat skin
+  shows there long before the mean moves). A penalty keeps the optimisation near it; :meth:`FaceBudget.shrink`
   guarantees it at the end, on the 8-bit pixels the photo is saved with.
 """
 
@@ -88,7 +88,10 @@ class FaceBudget:
         min_face_ssim_p5: the 5th percentile of each (grown) face box's local SSIM map
             may not fall below this; ``None`` for no limit.
         dssim_weight: weight of the penalty for exceeding ``max_dssim``.
-        ssim_p5_weight: weight of the penalty on local SSIM below ``min_face_ssim_p5``.
+        ssim_p5_weight: weight of the penalties on face SSIM below ``min_face_ssim``
+            and local SSIM below ``min_face_ssim_p5``.
+        min_face_ssim: each (grown) face box's mean SSIM may not fall below this;
+            ``None`` for no limit.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class FaceBudget:
         min_face_ssim_p5: float | None,
         dssim_weight: float = 50.0,
         ssim_p5_weight: float = 50.0,
+        min_face_ssim: float | None = None,
     ) -> None:
         h, w = size
         whole = [(0, 0, w, h)]
@@ -112,21 +116,24 @@ class FaceBudget:
         self.boxes = [b if min(b[2] - b[0], b[3] - b[1]) >= 6 else whole[0] for b in self.boxes]
         self.max_dssim = max_dssim
         self.min_p5 = min_face_ssim_p5
+        self.min_ssim = min_face_ssim
         self.dssim_weight = float(dssim_weight)
         self.p5_weight = float(ssim_p5_weight)
         self.last_dssim = 0.0
         self.last_p5 = 1.0
+        self.last_ssim = 1.0
 
     @property
     def active(self) -> bool:
         """Whether any limit is set."""
-        return self.max_dssim is not None or self.min_p5 is not None
+        return self.max_dssim is not None or self.min_p5 is not None or self.min_ssim is not None
 
     def near(self) -> bool:
         """Whether the last measurement was close to (or beyond) a limit, so the penalty is worth computing."""
         close_dssim = self.max_dssim is not None and self.last_dssim > 0.8 * self.max_dssim
         close_p5 = self.min_p5 is not None and self.last_p5 < self.min_p5 + 0.5 * (1 - self.min_p5)
-        return close_dssim or close_p5
+        close_ssim = self.min_ssim is not None and self.last_ssim < self.min_ssim + 0.2 * (1 - self.min_ssim)
+        return close_dssim or close_p5 or close_ssim
 
     def _local(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
         """Per face box, the flattened local SSIM map."""
@@ -139,29 +146,39 @@ class FaceBudget:
         For ``min_face_ssim_p5``: ``ssim_p5_weight`` times the mean shortfall of the
         local SSIM below the limit over each face box's pixels, divided by the
         percentile's share (0.05), so it reads as the shortfall of the worst 5%.
+        For ``min_face_ssim``: ``ssim_p5_weight`` times each face's shortfall.
         """
         total = adv.new_zeros(())
         if self.max_dssim is not None and self.dssim_weight > 0:
             value = dssim(adv, clean)[0]
             self.last_dssim = float(value.detach())
             total = total + self.dssim_weight * (value - self.max_dssim).clamp_min(0)
-        if self.min_p5 is not None and self.p5_weight > 0:
+        if (self.min_p5 is not None or self.min_ssim is not None) and self.p5_weight > 0:
             share = LOCAL_SSIM_PERCENTILE / 100.0
-            lows = []
+            lows, means = [], []
             for local in self._local(adv, clean):
-                lows.append(float(torch.quantile(local.detach(), share)))
-                total = total + self.p5_weight * (self.min_p5 - local).clamp_min(0).mean() / share
-            self.last_p5 = min(lows)
+                if self.min_p5 is not None:
+                    lows.append(float(torch.quantile(local.detach(), share)))
+                    total = total + self.p5_weight * (self.min_p5 - local).clamp_min(0).mean() / share
+                if self.min_ssim is not None:
+                    mean = local.mean()
+                    means.append(float(mean.detach()))
+                    total = total + self.p5_weight * (self.min_ssim - mean).clamp_min(0)
+            self.last_p5 = min(lows, default=1.0)
+            self.last_ssim = min(means, default=1.0)
         return total
 
     def within(self, adv: torch.Tensor, clean: torch.Tensor) -> bool:
         """Whether ``adv`` keeps every limit."""
         if self.max_dssim is not None and float(dssim(adv, clean)[0]) > self.max_dssim:
             return False
-        if self.min_p5 is not None:
+        if self.min_p5 is not None or self.min_ssim is not None:
             share = LOCAL_SSIM_PERCENTILE / 100.0
-            if any(float(torch.quantile(local, share)) < self.min_p5 for local in self._local(adv, clean)):
-                return False
+            for local in self._local(adv, clean):
+                if self.min_p5 is not None and float(torch.quantile(local, share)) < self.min_p5:
+                    return False
+                if self.min_ssim is not None and float(local.mean()) < self.min_ssim:
+                    return False
         return True
 
     def shrink(self, clean: torch.Tensor, delta: torch.Tensor, bound: torch.Tensor, iters: int = 12) -> torch.Tensor:
