@@ -5,11 +5,18 @@ them (an :class:`~cloak.attacks.Attack` on a model or ensemble), quantise to
 8-bit pixels, and measure (:func:`measure`): image quality against the original
 and, per model, how far each cloaked face's descriptor moved from the original,
 also after a real JPEG q75 re-encode.
+
+Big photos cost what their faces cost: faces far apart are cloaked as separate
+groups, each on a window of the photo around it (:func:`cloak_photos`), and
+:func:`measure` reads only windows around the faces and the pixels that changed
+(:mod:`cloak.windows`), with the same numbers as on the whole photo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -17,19 +24,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cloak.alignment import align_faces
+from cloak.alignment import crop_footprint, crop_to_image_matrix, warp_crops
 from cloak.attacks import Attack, PhotoFaces, photo_seed
+from cloak.attacks.regions import face_region
 from cloak.detection import Face, FaceDetector
 from cloak.evaluation.platform import jpeg
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import pixels, to_uint8
-from cloak.quality import FACE_BOX_GROWTH, face_quality, psnr, ssim
+from cloak.quality import FACE_BOX_GROWTH, SSIM_WINDOW, face_quality, ssim_map
+from cloak.windows import JPEG_BLOCK, Box, changed_box, common_grid, cut, merge_overlapping, window_around
 
 log = logging.getLogger(__name__)
 
 #: Quality of the real JPEG re-encode the report measures protection after.
 REPORT_JPEG_QUALITY = 75
+
+#: Pixels kept around what a window is cut for: JPEG's chroma upsampling, the bilinear
+#: sampling of the alignment and the robust attacks' jitter reach a little beyond it.
+WINDOW_MARGIN = 2 * JPEG_BLOCK
 
 
 @dataclass
@@ -113,31 +126,125 @@ def measure(
 
     Faces are aligned with the landmarks found in the original, so the distances
     show what the cloak did, not detector jitter.
+
+    Only windows of the photo are read (:mod:`cloak.windows`), so a 12-megapixel
+    photo costs about what its faces cost; the numbers are the whole photo's, to
+    float rounding: faces far apart are measured on separate windows (re-encoded
+    to JPEG on block-aligned windows, which gives the photo's own JPEG pixels
+    there), and the whole-photo SSIM and PSNR on the pixels that changed, since
+    every other pixel has a local SSIM of exactly 1 and no error.
     """
-    a, b = to_tensor(original, device), to_tensor(cloaked, device)
-    jb = to_tensor(jpeg_round_trip(cloaked), device)
+    original, cloaked = np.asarray(original), np.asarray(cloaked)
     reports = [FaceReport(box=[float(v) for v in f.box], score=f.score) for f in faces]
     if faces:
-        lm = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=a.dtype, device=device)
-        for name, m in _members(model).items():
-            crops = [align_faces(x, lm, m.template, m.input_size) for x in (a, b, jb)]
-            d0, d1, d2 = (m.descriptor(c) for c in crops)
-            for r, dist, dist_j in zip(reports, (d1 - d0).norm(dim=1), (d2 - d0).norm(dim=1)):
-                r.distance[name] = float(dist)
-                r.distance_jpeg75[name] = float(dist_j)
-                r.threshold[name] = m.match_threshold
+        members = _members(model)
+        lm = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=torch.float32, device=device)
+        matrices = {name: crop_to_image_matrix(lm, m.template.to(lm)) for name, m in members.items()}
         boxes = torch.as_tensor(np.stack([f.box for f in faces]), dtype=torch.float64)
-        quality = face_quality(a, b, boxes, growth=FACE_BOX_GROWTH)
-        for r, values in zip(reports, zip(*quality)):
-            r.ssim, r.ssim_p5, r.psnr, perceptual = (float(v) for v in values)
-            r.perceptual = None if np.isnan(perceptual) else perceptual
+        reads = _face_reads(matrices, members, boxes)
+        for window, idx in _windows(reads, original.shape[:2], matrices):
+            _measure_window(original, cloaked, window, idx, matrices, members, boxes, reports, device)
+    whole_ssim, whole_psnr = photo_quality(original, cloaked)
     return PhotoReport(
         faces=reports,
-        ssim=float(ssim(a.unsqueeze(0), b.unsqueeze(0))[0]),
-        psnr=float(psnr(a.unsqueeze(0), b.unsqueeze(0))[0]),
+        ssim=whole_ssim,
+        psnr=whole_psnr,
         face_ssim=min((r.ssim for r in reports), default=None),
         face_ssim_p5=min((r.ssim_p5 for r in reports), default=None),
     )
+
+
+def photo_quality(original: np.ndarray, cloaked: np.ndarray) -> tuple[float, float]:
+    """Whole-photo SSIM and PSNR (dB) of two ``[H, W, 3]`` uint8 photos, computed where they differ.
+
+    Equal to :func:`cloak.quality.ssim` and :func:`cloak.quality.psnr` on the whole
+    photos (to float rounding): a pixel whose SSIM window (with the photo's reflect
+    padding) holds no changed pixel has a local SSIM of exactly 1, and no error.
+    Identical photos give ``(1.0, inf)``.
+    """
+    box = changed_box(original, cloaked)
+    if box is None:
+        return 1.0, math.inf
+    size = original.shape[:2]
+    pixels = size[0] * size[1]
+    reach = SSIM_WINDOW // 2
+    # Pixels whose SSIM can differ from 1, and the context their windows read.
+    inner = window_around(box, size, margin=reach, align=1)
+    outer = window_around(box, size, margin=2 * reach, align=1)
+    a, b = to_tensor(cut(original, outer)), to_tensor(cut(cloaked, outer))
+    local = ssim_map(a, b)[0, 0].double()
+    x0, y0 = inner[0] - outer[0], inner[1] - outer[1]
+    affected = local[y0 : y0 + inner[3] - inner[1], x0 : x0 + inner[2] - inner[0]]
+    mean_ssim = (pixels - affected.numel() + float(affected.sum())) / pixels
+    mse = float((a.double() - b.double()).pow(2).sum()) / (3 * pixels)
+    return mean_ssim, 10.0 * math.log10(1.0 / mse)
+
+
+def _face_reads(matrices: dict[str, torch.Tensor], members: dict[str, FaceEmbedder], boxes: torch.Tensor) -> list[Box]:
+    """Per face, the pixels measuring reads: every model's crop and the face box grown for quality."""
+    grow = (boxes[:, 2:] - boxes[:, :2]) * FACE_BOX_GROWTH / 2
+    reads = torch.cat([boxes[:, :2] - grow, boxes[:, 2:] + grow], dim=1)
+    for name, m in members.items():
+        foot = crop_footprint(matrices[name], m.input_size).double().cpu()
+        reads = torch.cat([torch.minimum(reads[:, :2], foot[:, :2]), torch.maximum(reads[:, 2:], foot[:, 2:])], dim=1)
+    return [(math.floor(x0), math.floor(y0), math.ceil(x1) + 1, math.ceil(y1) + 1) for x0, y0, x1, y1 in reads.tolist()]
+
+
+def _pooling_factor(matrices: torch.Tensor) -> int:
+    """The k of :func:`cloak.alignment.warp_crops`' antialiasing (k x k pooling) for crops taken together."""
+    k = math.floor(float(torch.linalg.det(matrices[:, :, :2]).abs().sqrt().min()))
+    return k if k >= 2 else 1
+
+
+def _windows(reads: list[Box], size: tuple[int, int], matrices: dict[str, torch.Tensor]) -> list[tuple[Box, list[int]]]:
+    """Windows around groups of faces whose reads (with a margin) overlap: ``[(window, face indices)]``.
+
+    A window's corner lies on JPEG's blocks and on the pooling grid of each model's
+    antialiased alignment of its faces, so both see the photo's own blocks.
+    """
+    largest = max(_pooling_factor(m[i : i + 1]) for m in matrices.values() for i in range(len(reads)))
+    margin = WINDOW_MARGIN + largest
+    grown = [(x0 - margin, y0 - margin, x1 + margin, y1 + margin) for x0, y0, x1, y1 in reads]
+    windows = []
+    for box, idx in merge_overlapping(grown):
+        rows = torch.as_tensor(idx)
+        align = common_grid(JPEG_BLOCK, *(_pooling_factor(m[rows.to(m.device)]) for m in matrices.values()))
+        windows.append((window_around(box, size, margin=align, align=align), idx))
+    return windows
+
+
+def _measure_window(
+    original: np.ndarray,
+    cloaked: np.ndarray,
+    window: Box,
+    idx: list[int],
+    matrices: dict[str, torch.Tensor],
+    members: dict[str, FaceEmbedder],
+    boxes: torch.Tensor,
+    reports: list[FaceReport],
+    device: torch.device | str,
+) -> None:
+    """Fills the reports of faces ``idx`` from one window of the photos."""
+    x0, y0 = window[:2]
+    piece = np.ascontiguousarray(cut(cloaked, window))
+    a, b = to_tensor(cut(original, window), device), to_tensor(piece, device)
+    jb = to_tensor(jpeg_round_trip(piece), device)
+    rows = torch.as_tensor(idx, device=device)
+    for name, m in members.items():
+        matrix = matrices[name][rows].clone()
+        matrix[:, :, 2] -= matrix.new_tensor([x0, y0])
+        crops = [warp_crops(x.unsqueeze(0).expand(len(idx), -1, -1, -1), matrix, m.input_size) for x in (a, b, jb)]
+        d0, d1, d2 = (m.descriptor(c) for c in crops)
+        for i, dist, dist_j in zip(idx, (d1 - d0).norm(dim=1), (d2 - d0).norm(dim=1)):
+            reports[i].distance[name] = float(dist)
+            reports[i].distance_jpeg75[name] = float(dist_j)
+            reports[i].threshold[name] = m.match_threshold
+    shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
+    quality = face_quality(a, b, boxes[idx] - shift, growth=FACE_BOX_GROWTH)
+    for i, values in zip(idx, zip(*quality)):
+        r = reports[i]
+        r.ssim, r.ssim_p5, r.psnr, perceptual = (float(v) for v in values)
+        r.perceptual = None if np.isnan(perceptual) else perceptual
 
 
 def cloak_photos(
@@ -147,20 +254,95 @@ def cloak_photos(
     model: FaceEmbedder | Ensemble,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    steps_taken: list[int] | None = None,
 ) -> list[np.ndarray]:
-    """Cloaks the given faces of several photos in one batch; photos without faces come back unchanged."""
-    jobs, index = [], []
+    """Cloaks the given faces of several photos in one batch; photos without faces come back unchanged.
+
+    A photo's faces are cloaked together over one region around them. Faces whose
+    regions lie apart (people at both ends of a group photo) are cloaked as
+    separate groups instead, each on a window of the photo around it with its own
+    seed, so the optimisation never touches the pixels between them.
+
+    Args:
+        photos: ``[H, W, 3]`` uint8 RGB photos.
+        faces: the faces to cloak in each photo.
+        attack, model: the attack and the model or ensemble it runs against.
+        device: where the photos are cloaked.
+        progress: called with the number of steps done (for a progress bar).
+        steps_taken: if given, receives each photo's optimisation steps (the most any
+            of its groups took; fewer than ``attack.steps`` when it stopped early, 0
+            without faces).
+    """
+    view_models = {name: m for name, (m, _) in attack.views(as_ensemble(model)).items()}
+    jobs, places = [], []
     for i, (photo, found) in enumerate(zip(photos, faces)):
         if found:
-            tensor = to_tensor(photo, device)
-            landmarks = torch.as_tensor(np.stack([f.landmarks for f in found]), dtype=tensor.dtype, device=device)
-            boxes = torch.as_tensor(np.stack([f.box for f in found]), dtype=torch.float64)
-            jobs.append(PhotoFaces(tensor, landmarks, seed=photo_seed(attack.seed, tensor), boxes=boxes))
-            index.append(i)
+            for job, window in _jobs(photo, found, attack.seed, view_models, device):
+                jobs.append(job)
+                places.append((i, window))
     out = [np.array(p, copy=True) for p in photos]
-    for i, result in zip(index, attack(model, jobs, progress=progress)):
-        out[i] = to_uint8(result.photo)
+    steps = [0] * len(photos)
+    for (i, window), result in zip(places, attack(model, jobs, progress=progress)):
+        steps[i] = max(steps[i], result.steps)
+        if window is None:
+            out[i] = to_uint8(result.photo)
+            continue
+        # Only the group's own region changed: paste it back at its place in the photo.
+        rx0, ry0, rx1, ry1 = result.box
+        x0, y0 = window[:2]
+        out[i][y0 + ry0 : y0 + ry1, x0 + rx0 : x0 + rx1] = to_uint8(result.photo[:, ry0:ry1, rx0:rx1])
+    if steps_taken is not None:
+        steps_taken[:] = steps
     return out
+
+
+def _jobs(
+    photo: np.ndarray,
+    found: Sequence[Face],
+    seed: int,
+    models: dict[str, FaceEmbedder],
+    device: torch.device | str,
+) -> list[tuple[PhotoFaces, Box | None]]:
+    """A photo's attack jobs: the whole photo with all its faces, or one window per group of faces far apart."""
+    tensor = to_tensor(photo, device)
+    landmarks = torch.as_tensor(np.stack([f.landmarks for f in found]), dtype=tensor.dtype, device=device)
+    boxes = torch.as_tensor(np.stack([f.box for f in found]), dtype=torch.float64)
+    base = photo_seed(seed, tensor)
+    groups = _face_groups(tensor, landmarks, models) if len(found) > 1 else []
+    if len(groups) <= 1:
+        return [(PhotoFaces(tensor, landmarks, seed=base, boxes=boxes), None)]
+    size = tuple(tensor.shape[-2:])
+    jobs = []
+    for k, (region, idx) in enumerate(groups):
+        window = window_around(region, size, margin=WINDOW_MARGIN, align=JPEG_BLOCK)
+        x0, y0, x1, y1 = window
+        rows = torch.as_tensor(idx, device=landmarks.device)
+        piece = tensor[:, y0:y1, x0:x1].clone()
+        shift = torch.tensor([x0, y0], dtype=landmarks.dtype, device=landmarks.device)
+        box_shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
+        job = PhotoFaces(piece, landmarks[rows] - shift, seed=_group_seed(base, k), boxes=boxes[idx] - box_shift)
+        jobs.append((job, window))
+    return jobs
+
+
+def _face_groups(
+    tensor: torch.Tensor, landmarks: torch.Tensor, models: dict[str, FaceEmbedder]
+) -> list[tuple[Box, list[int]]]:
+    """Groups of faces whose cloak regions (:func:`~cloak.attacks.regions.face_region`) come within a block."""
+    regions = [face_region(PhotoFaces(tensor, landmarks[i : i + 1]), models).box for i in range(len(landmarks))]
+    grown = [(x0 - JPEG_BLOCK, y0 - JPEG_BLOCK, x1 + JPEG_BLOCK, y1 + JPEG_BLOCK) for x0, y0, x1, y1 in regions]
+    groups = merge_overlapping(grown)
+    return [(_bounds([regions[i] for i in idx]), idx) for _, idx in groups]
+
+
+def _bounds(boxes: list[Box]) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _group_seed(seed: int, group: int) -> int:
+    """The seed of one group of a photo's faces, from the photo's seed."""
+    digest = hashlib.blake2b(int(seed).to_bytes(8, "little") + int(group).to_bytes(8, "little"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") & ((1 << 62) - 1)
 
 
 def protect(
