@@ -92,8 +92,9 @@ def run(cfg: DictConfig, timer: StageTimer | None = None) -> int:
     Args:
         cfg: the composed ``configs/cloak.yaml``.
         timer: collects the wall and CPU seconds of each stage (decode, detect, cloak,
-            measure, encode, preview, report) and counts photos, faces and steps; a new
-            one when ``None``. Its summary is logged at debug level.
+            measure, encode, preview, report) and counts photos, faces, optimisation steps
+            (per batch) and face-steps (steps times faces); a new one when ``None``. Its
+            summary is logged at debug level.
     """
     timer = timer if timer is not None else StageTimer()
     problem = option_error(cfg)
@@ -221,10 +222,7 @@ def _cloak_batch(
     bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
     steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
 
-    def step_done(n: int) -> None:
-        steps.update(n)
-        timer.count("steps", n)
-
+    taken: list[int] = []
     with timer.stage("cloak"):
         cloaked = cloak_photos(
             [p.loaded.rgb for p in pending],
@@ -232,10 +230,14 @@ def _cloak_batch(
             parts.attack,
             parts.model,
             parts.device,
-            step_done,
+            steps.update,
+            steps_taken=taken,
         )
     steps.close()
     timer.count("faces", n_faces)
+    # The optimisation steps each face took (fewer than asked where a photo stopped early).
+    timer.count("steps", max(taken, default=0))
+    timer.count("face_steps", sum(len(p.faces) * n for p, n in zip(pending, taken)))
     for p, image in zip(pending, cloaked):
         rel = p.path.relative_to(root)
         with timer.stage("encode"):
