@@ -22,7 +22,7 @@ from cloak.web.app import CONTENT_SECURITY_POLICY, STATIC_DIR, create_app
 from cloak.web.names import cloaked_name, safe_name, unique_names
 from cloak.web.server import allowed_hosts, exposure_warning, is_loopback, page_url
 from cloak.web.strengths import build_presets
-from cloak.web.verdicts import face_verdicts
+from cloak.web.verdicts import face_sentence, face_verdicts
 
 FAST = ["strength.steps=2", "device=cpu"]
 GPS = 0x8825
@@ -113,9 +113,10 @@ def test_face_photo_is_cloaked_reported_and_downloadable(make_client, astronaut)
     assert (done["width"], done["height"], done["format"]) == (256, 256, "JPEG")
     assert done["metadata"] == {"policy": "strip", "found": True, "gps_found": True, "removed": True}
     [face] = done["report"]["faces"]
-    [verdict] = face["verdicts"]
-    assert "dlib's face model" in verdict["text"]
-    assert verdict["protected"] == (face["numbers"][0]["distance_jpeg75"] > face["numbers"][0]["threshold"])
+    assert "dlib's face model" in face["verdicts"][0]["text"]
+    for verdict, numbers in zip(face["verdicts"], face["numbers"], strict=True):
+        assert verdict["protected"] == (numbers["distance_jpeg75"] > numbers["threshold"])
+    assert face["protected"] == all(v["protected"] for v in face["verdicts"])
     assert 0.9 < done["report"]["ssim"] <= 1.0
 
     views = {kind: client.get(url) for kind, url in done["views"].items()}
@@ -355,6 +356,18 @@ def test_verdicts_in_plain_words():
     assert "try strength high" not in at_high.text
     [unknown] = face_verdicts(face(0.3, 0.3, threshold=None), "mid")
     assert unknown.protected is None
+
+    both = FaceReport(
+        box=[0, 0, 1, 1],
+        score=1.0,
+        distance={"dlib_resnet": 0.9, "sface": 1.5, "other": 0.1},
+        distance_jpeg75={"dlib_resnet": 0.8, "sface": 1.4, "other": 0.1},
+        threshold={"dlib_resnet": 0.6, "sface": 1.13, "other": 0.5},
+    )
+    assert face_sentence(both, "mid") == (
+        "not matched to your original photo by dlib's face model or OpenCV's SFace, also after JPEG compression; "
+        "still matched to your original photo by other — try strength high"
+    )
 
 
 def test_names_are_made_safe():

@@ -15,6 +15,7 @@ from cloak.protect import FaceReport
 #: How the page names each model.
 MODEL_LABELS = {
     "dlib_resnet": "dlib's face model",
+    "sface": "OpenCV's SFace",
     "facenet_vggface2": "FaceNet (VGGFace2)",
     "facenet_casia": "FaceNet (CASIA-WebFace)",
 }
@@ -41,6 +42,29 @@ def model_label(name: str) -> str:
     return MODEL_LABELS.get(name, name)
 
 
+#: What a verdict says, by kind; ``{models}`` is one or more model labels, ``{advice}`` what to do.
+_SENTENCES = {
+    "protected": "not matched to your original photo by {models}, also after JPEG compression",
+    "lost_after_jpeg": "not matched to your original photo by {models}, but matched again after JPEG compression — {advice}",
+    "matched": "still matched to your original photo by {models} — {advice}",
+    "no_threshold": "moved away from your original photo for {models}, which has no same-person threshold",
+}
+
+
+def _advice(strength: str) -> str:
+    if strength == "high":
+        return "even at strength high, so this cloak does not protect this face: share the photo with care"
+    return "try strength high"
+
+
+def _kind(distance: float, after_jpeg: float, threshold: float | None) -> str:
+    if threshold is None:
+        return "no_threshold"
+    if after_jpeg > threshold:
+        return "protected"
+    return "lost_after_jpeg" if distance > threshold else "matched"
+
+
 def face_verdicts(face: FaceReport, strength: str) -> list[ModelVerdict]:
     """One plain-words verdict per model for a cloaked face.
 
@@ -49,38 +73,31 @@ def face_verdicts(face: FaceReport, strength: str) -> list[ModelVerdict]:
         strength: the preset it was cloaked with; the advice to try a stronger
             one is given only when there is one.
     """
-    if strength == "high":
-        advice = "even at strength high, so this cloak does not protect this face: share the photo with care"
-    else:
-        advice = "try strength high"
     verdicts = []
     for name, distance in face.distance.items():
-        label = model_label(name)
-        threshold = face.threshold.get(name)
-        after_jpeg = face.distance_jpeg75.get(name, distance)
-        if threshold is None:
-            verdicts.append(
-                ModelVerdict(
-                    name,
-                    None,
-                    f"moved {distance:.2f} away from your original photo for {label}, which has no same-person threshold",
-                )
-            )
-        elif after_jpeg > threshold:
-            verdicts.append(
-                ModelVerdict(name, True, f"not matched to your original photo by {label}, also after JPEG compression")
-            )
-        elif distance > threshold:
-            verdicts.append(
-                ModelVerdict(
-                    name,
-                    False,
-                    f"not matched to your original photo by {label}, but matched again after JPEG compression — {advice}",
-                )
-            )
-        else:
-            verdicts.append(ModelVerdict(name, False, f"still matched to your original photo by {label} — {advice}"))
+        kind = _kind(distance, face.distance_jpeg75.get(name, distance), face.threshold.get(name))
+        protected = None if kind == "no_threshold" else kind == "protected"
+        text = _SENTENCES[kind].format(models=model_label(name), advice=_advice(strength))
+        verdicts.append(ModelVerdict(name, protected, text))
     return verdicts
+
+
+def face_sentence(face: FaceReport, strength: str) -> str:
+    """All models' verdicts on a face in one sentence, models with the same verdict named together.
+
+    E.g. "not matched to your original photo by dlib's face model or OpenCV's SFace,
+    also after JPEG compression".
+    """
+    groups: dict[str, list[str]] = {}
+    for name, distance in face.distance.items():
+        kind = _kind(distance, face.distance_jpeg75.get(name, distance), face.threshold.get(name))
+        groups.setdefault(kind, []).append(model_label(name))
+    parts = []
+    for kind, labels in groups.items():
+        joiner = " or " if kind == "protected" else " and "
+        models = ", ".join(labels[:-1]) + joiner + labels[-1] if len(labels) > 1 else labels[0]
+        parts.append(_SENTENCES[kind].format(models=models, advice=_advice(strength)))
+    return "; ".join(parts)
 
 
 def face_summary(face: FaceReport, strength: str) -> dict:
@@ -89,6 +106,7 @@ def face_summary(face: FaceReport, strength: str) -> dict:
     known = [v.protected for v in verdicts if v.protected is not None]
     return {
         "protected": all(known) if known else None,
+        "text": face_sentence(face, strength),
         "verdicts": [asdict(v) for v in verdicts],
         "numbers": [
             {

@@ -251,7 +251,7 @@ function renderFaces(card, photo) {
     item.append(el("span", "mark", face.protected === false ? "!" : "\u2713"));
     const text = el("span", "verdict");
     text.append(el("b", "", label));
-    text.append(document.createTextNode(face.verdicts.map((v) => v.text).join("; ") + "."));
+    text.append(document.createTextNode(`${face.text}.`));
     item.append(text);
     list.append(item);
   });
