@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from cloak.alignment import crop_footprint, crop_to_image_matrix, warp_crops
-from cloak.attacks import Attack, PhotoFaces, photo_seed
+from cloak.attacks import Attack, PhotoFaces
 from cloak.attacks.regions import face_region
 from cloak.detection import Face, FaceDetector
 from cloak.evaluation.platform import jpeg
@@ -43,6 +43,11 @@ REPORT_JPEG_QUALITY = 75
 #: Pixels kept around what a window is cut for: JPEG's chroma upsampling, the bilinear
 #: sampling of the alignment and the robust attacks' jitter reach a little beyond it.
 WINDOW_MARGIN = 2 * JPEG_BLOCK
+
+#: A photo with one group of faces is cloaked on a window around it only when the photo
+#: has at least this many times the window's pixels (a big photo); smaller photos are
+#: cloaked whole, exactly as before windows.
+WINDOW_MIN_SHARE = 4
 
 
 @dataclass
@@ -303,33 +308,60 @@ def _jobs(
     models: dict[str, FaceEmbedder],
     device: torch.device | str,
 ) -> list[tuple[PhotoFaces, Box | None]]:
-    """A photo's attack jobs: the whole photo with all its faces, or one window per group of faces far apart."""
-    tensor = to_tensor(photo, device)
-    landmarks = torch.as_tensor(np.stack([f.landmarks for f in found]), dtype=tensor.dtype, device=device)
+    """A photo's attack jobs, each with the window it was cut from (None: the whole photo).
+
+    Faces far apart: one window per group, each with its own seed. One group on a
+    photo much larger than it (:data:`WINDOW_MIN_SHARE`): one window with the photo's
+    seed, the same cloak as on the whole photo up to float rounding. Otherwise the
+    whole photo, exactly as the attack would cloak it alone.
+    """
+    h, w = photo.shape[:2]
+    # face_region reads only a photo's size, dtype and device: no pixels are converted for grouping.
+    shape_only = torch.zeros((), dtype=torch.float32, device=device).expand(3, h, w)
+    landmarks = torch.as_tensor(np.stack([f.landmarks for f in found]), dtype=torch.float32, device=device)
     boxes = torch.as_tensor(np.stack([f.box for f in found]), dtype=torch.float64)
-    base = photo_seed(seed, tensor)
-    groups = _face_groups(tensor, landmarks, models) if len(found) > 1 else []
-    if len(groups) <= 1:
-        return [(PhotoFaces(tensor, landmarks, seed=base, boxes=boxes), None)]
-    size = tuple(tensor.shape[-2:])
+    base = pixels_seed(seed, photo)
+    groups = _face_groups(shape_only, landmarks, models)
+    windows = [window_around(region, (h, w), margin=WINDOW_MARGIN, align=JPEG_BLOCK) for region, _ in groups]
+    if len(groups) == 1 and h * w < WINDOW_MIN_SHARE * _area(windows[0]):
+        return [(PhotoFaces(to_tensor(photo, device), landmarks, seed=base, boxes=boxes), None)]
     jobs = []
-    for k, (region, idx) in enumerate(groups):
-        window = window_around(region, size, margin=WINDOW_MARGIN, align=JPEG_BLOCK)
-        x0, y0, x1, y1 = window
+    for k, ((_, idx), window) in enumerate(zip(groups, windows)):
+        x0, y0 = window[:2]
+        piece = to_tensor(np.ascontiguousarray(cut(photo, window)), device)
         rows = torch.as_tensor(idx, device=landmarks.device)
-        piece = tensor[:, y0:y1, x0:x1].clone()
         shift = torch.tensor([x0, y0], dtype=landmarks.dtype, device=landmarks.device)
         box_shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
-        job = PhotoFaces(piece, landmarks[rows] - shift, seed=_group_seed(base, k), boxes=boxes[idx] - box_shift)
-        jobs.append((job, window))
+        part_seed = base if len(groups) == 1 else _group_seed(base, k)
+        jobs.append((PhotoFaces(piece, landmarks[rows] - shift, seed=part_seed, boxes=boxes[idx] - box_shift), window))
     return jobs
 
 
+def pixels_seed(seed: int, photo: np.ndarray) -> int:
+    """:func:`~cloak.attacks.photo_seed` of a ``[H, W, 3]`` uint8 photo, without converting it whole.
+
+    Hashes the bytes of ``to_tensor(photo)`` (float32 planes R, G, B) a few rows at
+    a time, so a 12-megapixel photo needs no 144 MB float copy to seed its cloak.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    h, w = photo.shape[:2]
+    rows = max(1, (1 << 20) // max(1, w))
+    for channel in range(3):
+        for y in range(0, h, rows):
+            digest.update((photo[y : y + rows, :, channel].astype(np.float32) / 255.0).tobytes())
+    digest.update(int(seed).to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") & ((1 << 62) - 1)
+
+
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def _face_groups(
-    tensor: torch.Tensor, landmarks: torch.Tensor, models: dict[str, FaceEmbedder]
+    shape: torch.Tensor, landmarks: torch.Tensor, models: dict[str, FaceEmbedder]
 ) -> list[tuple[Box, list[int]]]:
     """Groups of faces whose cloak regions (:func:`~cloak.attacks.regions.face_region`) come within a block."""
-    regions = [face_region(PhotoFaces(tensor, landmarks[i : i + 1]), models).box for i in range(len(landmarks))]
+    regions = [face_region(PhotoFaces(shape, landmarks[i : i + 1]), models).box for i in range(len(landmarks))]
     grown = [(x0 - JPEG_BLOCK, y0 - JPEG_BLOCK, x1 + JPEG_BLOCK, y1 + JPEG_BLOCK) for x0, y0, x1, y1 in regions]
     groups = merge_overlapping(grown)
     return [(_bounds([regions[i] for i in idx]), idx) for _, idx in groups]

@@ -12,7 +12,7 @@ from cloak.alignment import align_faces
 from cloak.attacks import PGD, PhotoFaces, photo_seed
 from cloak.detection import Face
 from cloak.photos import to_tensor, to_uint8
-from cloak.protect import cloak_photos, jpeg_round_trip, measure, photo_quality
+from cloak.protect import cloak_photos, jpeg_round_trip, measure, photo_quality, pixels_seed
 from cloak.quality import face_quality, psnr, ssim
 from cloak.windows import changed_box, merge_overlapping, window_around
 
@@ -169,3 +169,26 @@ def test_faces_far_apart_are_cloaked_in_separate_regions(tiny_embedder):
     # The same photo gets the same cloak again.
     [again] = cloak_photos([photo], [faces], _attack(steps=3), model)
     np.testing.assert_array_equal(again, cloaked)
+
+
+def test_pixels_seed_is_the_photo_seed():
+    photo = _photo(1100, 1000, seed=7)
+    assert pixels_seed(5, photo) == photo_seed(5, to_tensor(photo))
+    assert pixels_seed(5, photo) != pixels_seed(6, photo)
+
+
+def test_one_face_on_a_big_photo_is_cloaked_on_a_window_as_on_the_whole_photo(tiny_embedder):
+    """A photo many times the face's region is cloaked on a window: the same cloak, to float rounding."""
+    model = tiny_embedder(dtype=torch.float32)
+    photo = _photo(400, 640, seed=8)
+    # Real landmarks: no integer scale, where the alignment's pooling factor (its floor) is one rounding away.
+    faces = [_face(300.37, 150.61, scale=4.3)]
+    attack = _attack(steps=3)
+    [cloaked] = cloak_photos([photo], [faces], attack, model)
+    tensor = to_tensor(photo)
+    landmarks = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=torch.float32)
+    boxes = torch.as_tensor(np.stack([f.box for f in faces]))
+    [whole] = attack(model, [PhotoFaces(tensor, landmarks, seed=photo_seed(attack.seed, tensor), boxes=boxes)])
+    difference = np.abs(cloaked.astype(int) - to_uint8(whole.photo).astype(int))
+    assert (cloaked != photo).any()
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
