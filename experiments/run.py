@@ -5,6 +5,7 @@ Examples (from the repository root)::
     uv run python -m experiments.run                              # the headline protection table
     uv run python -m experiments.run experiment=strength_sweep     # quality-protection trade-off
     uv run python -m experiments.run experiment=robustness_sweep   # JPEG / downscale robustness
+    uv run python -m experiments.run experiment=adaptive           # adaptive trackers, purification, detection
     uv run python -m experiments.run --multirun strength=low,mid,high data.n_users=3
 
 Configs: ``configs/evaluate.yaml`` and ``configs/experiment/``. See ``experiments/README.md``.
@@ -22,6 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cloak.config import config_dir
+from cloak.evaluation.adaptive_experiment import run_adaptive_experiment
+from cloak.evaluation.adaptive_report import write_adaptive_report
+from cloak.evaluation.adaptive_results import AdaptiveResults
 from cloak.evaluation.dataset import DatasetError
 from cloak.evaluation.protocol import run_experiment
 from cloak.evaluation.report import write_report
@@ -53,8 +57,12 @@ def output_dir(cfg: DictConfig) -> Path:
     raise ValueError("output_dir is not set and no Hydra run folder exists; pass output_dir=<folder>")
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentResults:
+def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentResults | AdaptiveResults:
     """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
+
+    A config with an ``adaptive`` section (``experiment=adaptive``) runs
+    :func:`cloak.evaluation.adaptive_experiment.run_adaptive_experiment` and
+    writes ``adaptive.json``, ``adaptive.csv``, ``adaptive.md`` and ``adaptive.png``.
 
     Results (without plots) are rewritten after each transform of each setting,
     so a long sweep leaves partial results behind if it is stopped.
@@ -89,8 +97,26 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentRe
             log.info("Wrote %s", ", ".join(str(p) for p in files.values()))
 
     cache = resolve_path(cfg.cache_dir) if cfg.get("cache_dir") else None
+    if cfg.get("adaptive") is not None:
+        return _run_adaptive(cfg, root, out, cache, overrides, plots)
     results = run_experiment(cfg, root, cache_dir=cache, on_progress=save, overrides=overrides)
     save(results, final=True)
+    return results
+
+
+def _run_adaptive(
+    cfg: DictConfig, root: Path, out: Path, cache: Path | None, overrides: Sequence[str], plots: bool
+) -> AdaptiveResults:
+    """The adaptive-tracker experiment; its files are rewritten after each step."""
+    results = run_adaptive_experiment(
+        cfg,
+        root,
+        cache_dir=cache,
+        on_progress=lambda r: write_adaptive_report(r, out, plots=False),
+        overrides=overrides,
+    )
+    files = write_adaptive_report(results, out, plots=plots)
+    log.info("Wrote %s", ", ".join(str(p) for p in files.values()))
     return results
 
 
