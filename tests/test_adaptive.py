@@ -261,6 +261,7 @@ def test_adaptation_set_is_disjoint_from_users_and_distractors(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # minutes on 2 cores: cloaks, fine-tunes and trains detectors end to end
 def test_adaptive_experiment_smoke(lfw_dev, tmp_path):
     """End to end: 2 users, 2 distractor identities, 3 adaptation identities, 2 attack steps, 1 epoch."""
     from experiments.run import run
