@@ -33,7 +33,7 @@ from cloak.photos import (
 )
 from cloak.preview import side_by_side
 from cloak.protect import PhotoReport, cloak_photos, measure
-from cloak.resources import StageTimer
+from cloak.resources import StageTimer, bound_kernel_cache, release_free_memory
 
 log = logging.getLogger("cloak")
 
@@ -127,6 +127,7 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
     if not listing.photos:
         log.error("No photos found in %s", source)
         return 2
+    bound_kernel_cache()  # every photo's region has its own size: keep the kernel cache small
     with timer.stage("build"):
         parts = build_from_config(cfg)
     log.info(
@@ -176,6 +177,7 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
                 # leaves an accurate one, and the re-run skips the photos already written.
                 with timer.stage("report"):
                     _write_report(output, outcome, cfg)
+                release_free_memory()  # what the batch freed goes back: memory stays flat over a library
         if pending:
             _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar, timer)
     except KeyboardInterrupt:

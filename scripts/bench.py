@@ -28,6 +28,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from cloak.builders import Parts, build_from_config
 from cloak.config import config_dir, load_config
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo
-from cloak.resources import StageTimer, peak_rss_bytes, reset_peak_rss
+from cloak.resources import StageTimer, peak_rss_bytes, release_free_memory, reset_peak_rss
 from cloak.run import run
 
 log = logging.getLogger("bench")
@@ -163,9 +164,9 @@ def medium_photo(lfw: Path | None) -> np.ndarray:
     return place(canvas(768, 1024), [face_patch(lfw, 0, 500)], [(300, 140)])
 
 
-def cases(lfw: Path | None, quick: bool, batch_steps: int) -> list[Case]:
-    """The benchmark's cases; ``quick`` keeps a few small ones."""
-    n = 4 if quick else 8
+def cases(lfw: Path | None, quick: bool, batch_steps: int, photos: int = 8) -> list[Case]:
+    """The benchmark's cases; ``quick`` keeps a few small ones; ``photos`` per strength case."""
+    n = min(4, photos) if quick else photos
     out = [Case("strength", "default", lfw_photos(lfw, n), [], batch_size=n)]
     for preset in () if quick else PRESETS:
         out.append(Case("strength", preset, lfw_photos(lfw, n), [f"strength={preset}"], batch_size=n))
@@ -261,6 +262,9 @@ def run_case(case: Case, model: str, device: str, overrides: list[str], repeats:
         torch_device = torch.device(device)
         if torch_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(torch_device)
+        # What earlier cases freed goes back first, so each case's peak counts from a clean slate.
+        gc.collect()
+        release_free_memory()
         reset_peak_rss()
         start_rss = peak_rss_bytes()
         status = run(cfg, timer)
@@ -325,13 +329,13 @@ def markdown(results: list[Result]) -> str:
     """Two Markdown tables: the cases, and where each case's time went."""
     head = (
         "| section | case | model | device | photo | faces (batch) | steps | s/face | CPU s/face | faces/s "
-        "| ms/step | peak RSS MB | limit s/face | ratio (wall) | ratio (CPU) |\n"
+        "| ms/step | peak RSS MB (+ over start) | limit s/face | ratio (wall) | ratio (CPU) |\n"
         "|:---|:---|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = [
         f"| {r.section} | {r.name} | {r.model} | {r.device} | {r.photo_size} | {r.faces} ({r.batch_size}) "
         f"| {r.steps} | {r.seconds_per_face:.2f} | {r.end_to_end_cpu_s / r.faces:.2f} | {r.faces_per_second:.2f} "
-        f"| {r.step_ms:.0f} | {r.peak_rss_mb:.0f}{_cuda(r)} | {r.limit_s / r.faces:.2f} | {r.ratio:.1f} "
+        f"| {r.step_ms:.0f} | {r.peak_rss_mb:.0f} (+{r.rss_growth_mb:.0f}){_cuda(r)} | {r.limit_s / r.faces:.2f} | {r.ratio:.1f} "
         f"| {r.ratio_cpu:.1f} |"
         for r in results
     ]
@@ -401,6 +405,7 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped without a GPU")
     parser.add_argument("--sections", default="strength,batch,size", help="comma-separated sections to run")
     parser.add_argument("--batch-steps", type=int, default=10, help="attack steps in the batch-size section")
+    parser.add_argument("--photos", type=int, default=8, help="LFW photos (faces) per strength case, one batch")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest counts")
     parser.add_argument("--quick", action="store_true", help="few cases, 3 attack steps: a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="write bench.md and bench.json here")
@@ -422,7 +427,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cloak-bench-") as tmp:
         for model in models:
             for device in devices:
-                for case in cases(lfw, args.quick, batch_steps):
+                for case in cases(lfw, args.quick, batch_steps, args.photos):
                     if case.section not in sections:
                         continue
                     log.info("%s / %s / %s: %s ...", model, device, case.section, case.name)

@@ -1,0 +1,52 @@
+"""Stage timing and memory helpers of a run (cloak.resources)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cloak.resources import (
+    StageTimer,
+    bound_kernel_cache,
+    peak_rss_bytes,
+    release_free_memory,
+    reset_peak_rss,
+    rss_bytes,
+)
+
+
+def test_stage_timer_adds_up_stages_and_counts():
+    seen = []
+    timer = StageTimer(on_count=lambda name, total: seen.append((name, total)))
+    for _ in range(2):
+        with timer.stage("sleep"):
+            time.sleep(0.01)
+    with timer.stage("spin"):
+        sum(range(200_000))
+    timer.count("photos")
+    timer.count("photos", 3)
+    assert timer.wall["sleep"] >= 0.02 and timer.cpu["sleep"] < timer.wall["sleep"]
+    assert timer.cpu["spin"] > 0
+    assert timer.counts == {"photos": 4} and seen == [("photos", 1), ("photos", 4)]
+    assert timer.total_wall == timer.wall["sleep"] + timer.wall["spin"]
+    assert "sleep" in timer.summary() and "4 photos" in timer.summary()
+
+
+def test_peak_memory_follows_a_large_allocation():
+    reset_peak_rss()
+    before = peak_rss_bytes()
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    assert peak_rss_bytes() >= before + 48 * 2**20
+    assert rss_bytes() <= peak_rss_bytes()
+    del block
+
+
+def test_release_free_memory_and_kernel_cache_bound(monkeypatch):
+    assert isinstance(release_free_memory(), bool)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    bound_kernel_cache(100)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7", "a setting from the environment was overridden"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    bound_kernel_cache(100)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "100"
