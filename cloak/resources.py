@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+# Memory the process may gain between a reset and the check that it took.
+_RESET_SLACK = 16 * 2**20
 
 #: oneDNN's kernel-cache entries kept by :func:`bound_kernel_cache` (its default is 1024):
 #: enough for every layer of the models at a fixed batch, few enough to stay small.
@@ -112,13 +114,21 @@ def rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Resets the peak-memory mark to the current resident size (Linux); returns whether it could."""
+    """Resets the peak-memory mark to the current resident size (Linux); returns whether it did.
+
+    Some kernels and sandboxes accept the write to ``clear_refs`` and leave the mark
+    where it was, so the reset counts only when the mark afterwards is near the
+    current resident size.
+    """
     try:
         _CLEAR_REFS.write_text("5")
-        return True
     except OSError:
         log.debug("Cannot reset the peak-memory mark (no writable %s): peaks count from process start", _CLEAR_REFS)
         return False
+    if peak_rss_bytes() > rss_bytes() + _RESET_SLACK:
+        log.debug("The peak-memory mark did not reset here: peaks count from process start")
+        return False
+    return True
 
 
 def bound_kernel_cache(entries: int = KERNEL_CACHE_ENTRIES) -> None:
