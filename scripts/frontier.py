@@ -6,13 +6,16 @@ folder, upscaled ``--upscale`` times with Lanczos so that faces are the size
 they are in today's photos, plus the astronaut with ``--astronaut``) and prints
 one row: face-region quality (each face's detector box grown 10%: SSIM, the 5th
 percentile of its local SSIM map, HaarPSI; means over faces and the worst face)
-and protection (dlib's descriptor distance of the cloaked face from the clean
-one after a real JPEG q75 re-encode of a 0.5x downscale, upsampled back; the
-share of faces beyond dlib's same-person threshold 0.6).
+and protection as each judge model sees it (``--judges``, configs of
+``configs/model/``): the descriptor distance of the cloaked face from the clean
+one after a real JPEG q75 re-encode of a 0.5x downscale, upsampled back, in
+units of the judge's own same-person threshold (1 = on it), and the share of
+faces beyond it. A judge left out of the cloak's models measures transfer.
 
 Usage:
     uv run python scripts/frontier.py --photos 12 --upscale 3 --astronaut \\
-        --setting "today:" --setting "high:strength=high" --setting "eps8:strength.eps=8"
+        --setting "today:" --setting "high:strength=high" --setting "eps8:strength.eps=8" \\
+        --judges dlib_resnet sface
 
 A setting is ``label:override override ...`` (overrides separated by spaces).
 ``--save DIR`` also writes each setting's cloaked photos to ``DIR/<label>/`` and
@@ -29,18 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from cloak.builders import build_from_config
 from cloak.config import load_config
 from cloak.evaluation.platform import downscale, jpeg
+from cloak.models.ensemble import Ensemble
 from cloak.protect import cloak_photos, measure, to_tensor
 from cloak.quality import face_quality, ssim
 
 log = logging.getLogger("frontier")
-
-#: dlib's same-person threshold: beyond it, dlib no longer matches the cloaked face to the clean one.
-DLIB_THRESHOLD = 0.6
 
 
 @dataclass
@@ -56,10 +58,10 @@ class Row:
     face_p5_min: float
     haarpsi: float
     photo_ssim: float
-    distance: float
-    distance_min: float
-    beyond: float
-    distance_clean_channel: float
+    #: judge -> mean distance after the platform, in units of the judge's threshold
+    movement: dict[str, float]
+    #: judge -> share of faces beyond the judge's threshold after the platform
+    beyond: dict[str, float]
 
 
 def load_photos(data: Path, n: int, upscale: float, astronaut: bool) -> tuple[list[str], list[np.ndarray]]:
@@ -80,7 +82,9 @@ def load_photos(data: Path, n: int, upscale: float, astronaut: bool) -> tuple[li
     return names, photos
 
 
-def evaluate(label: str, overrides: list[str], photos, faces, batch: int, save: Path | None, names) -> Row:
+def evaluate(
+    label: str, overrides: list[str], photos, faces, batch: int, save: Path | None, names, judges: Ensemble
+) -> Row:
     """Cloaks ``photos`` with the config plus ``overrides`` and measures quality and protection."""
     parts = build_from_config(load_config(overrides), need_detector=False)
     start = time.perf_counter()
@@ -88,10 +92,9 @@ def evaluate(label: str, overrides: list[str], photos, faces, batch: int, save: 
     for i in range(0, len(photos), batch):
         cloaked += cloak_photos(photos[i : i + batch], faces[i : i + batch], parts.attack, parts.model, parts.device)
     seconds = time.perf_counter() - start
-    from cloak.models.dlib_resnet import load_dlib_resnet
-
-    dlib = load_dlib_resnet().to(parts.device)
-    ssims, p5s, haar, photo_ssims, dist, dist_clean = [], [], [], [], [], []
+    judges = judges.to(parts.device)
+    ssims, p5s, haar, photo_ssims = [], [], [], []
+    moved: dict[str, list[float]] = {}
     for name, p, c, f in zip(names, photos, cloaked, faces):
         boxes = torch.as_tensor(np.stack([x.box for x in f]), dtype=torch.float64)
         q = face_quality(to_tensor(p), to_tensor(c), boxes)
@@ -100,12 +103,12 @@ def evaluate(label: str, overrides: list[str], photos, faces, batch: int, save: 
         haar += q.perceptual.tolist()
         photo_ssims.append(float(ssim(to_tensor(p), to_tensor(c))[0]))
         platform = np.asarray(jpeg(downscale(Image.fromarray(c), 0.5), 75))
-        dist += [r.distance["dlib_resnet"] for r in measure(p, platform, f, dlib, parts.device).faces]
-        dist_clean += [r.distance["dlib_resnet"] for r in measure(p, c, f, dlib, parts.device).faces]
+        for r in measure(p, platform, f, judges, parts.device).faces:
+            for judge, dist in r.distance.items():
+                moved.setdefault(judge, []).append(dist / r.threshold[judge])
         if save is not None:
             (save / label).mkdir(parents=True, exist_ok=True)
             Image.fromarray(c).save(save / label / f"{name}.png")
-    dist_arr = np.array(dist)
     return Row(
         label=label,
         faces=len(ssims),
@@ -116,28 +119,24 @@ def evaluate(label: str, overrides: list[str], photos, faces, batch: int, save: 
         face_p5_min=float(np.min(p5s)),
         haarpsi=float(np.nanmean(haar)),
         photo_ssim=float(np.mean(photo_ssims)),
-        distance=float(dist_arr.mean()),
-        distance_min=float(dist_arr.min()),
-        beyond=float((dist_arr > DLIB_THRESHOLD).mean()),
-        distance_clean_channel=float(np.mean(dist_clean)),
+        movement={j: float(np.mean(v)) for j, v in moved.items()},
+        beyond={j: float((np.array(v) > 1).mean()) for j, v in moved.items()},
     )
 
 
-def print_header() -> None:
+def print_header(judges: list[str]) -> None:
     """The head of the frontier's Markdown table."""
-    print(
-        "| setting | faces | s/face | face SSIM (min) | p5 local SSIM (min) | HaarPSI | photo SSIM "
-        "| dlib dist JPEG75+0.5x (min) | beyond 0.6 | dist, no transform |"
-    )
-    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|", flush=True)
+    cols = "".join(f" | {j} beyond (movement)" for j in judges)
+    print(f"| setting | faces | s/face | face SSIM (min) | p5 local SSIM (min) | HaarPSI | photo SSIM{cols} |")
+    print("|:--|--:|--:|--:|--:|--:|--:|" + "--:|" * len(judges), flush=True)
 
 
 def print_row(r: Row) -> None:
     """One setting's row of the frontier's Markdown table."""
+    cols = "".join(f" | {100 * r.beyond[j]:.0f}% ({r.movement[j]:.2f})" for j in r.beyond)
     print(
         f"| {r.label} | {r.faces} | {r.seconds_per_face:.1f} | {r.face_ssim:.3f} ({r.face_ssim_min:.3f}) "
-        f"| {r.face_p5:.3f} ({r.face_p5_min:.3f}) | {r.haarpsi:.3f} | {r.photo_ssim:.3f} "
-        f"| {r.distance:.3f} ({r.distance_min:.3f}) | {100 * r.beyond:.0f}% | {r.distance_clean_channel:.3f} |",
+        f"| {r.face_p5:.3f} ({r.face_p5_min:.3f}) | {r.haarpsi:.3f} | {r.photo_ssim:.3f}{cols} |",
         flush=True,
     )
 
@@ -151,6 +150,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], help='"label:override override ..."')
     parser.add_argument("--batch", type=int, default=4, help="photos cloaked together")
     parser.add_argument("--save", type=Path, default=None, help="write the cloaked photos under this folder")
+    parser.add_argument("--judges", nargs="+", default=["dlib_resnet", "sface"], help="model configs that judge")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -166,10 +166,11 @@ def main() -> None:
         (args.save / "original").mkdir(parents=True, exist_ok=True)
         for name, p in zip(names, photos):
             Image.fromarray(p).save(args.save / "original" / f"{name}.png")
-    print_header()
+    judges = Ensemble({j: instantiate(load_config([f"model={j}"]).model) for j in args.judges})
+    print_header(args.judges)
     for setting in args.setting or ["default:"]:
         label, _, rest = setting.partition(":")
-        print_row(evaluate(label, rest.split(), photos, faces, args.batch, args.save, names))
+        print_row(evaluate(label, rest.split(), photos, faces, args.batch, args.save, names, judges))
 
 
 if __name__ == "__main__":

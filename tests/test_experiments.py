@@ -99,6 +99,23 @@ def test_quality_row_averages_changed_photos_only():
     assert q.n_photos == 1 and q.ssim < 1 and q.dssim == pytest.approx((1 - q.ssim) / 2)
     assert q.psnr == pytest.approx(10 * math.log10(255**2 / np.mean((b.astype(float) - a) ** 2)), rel=1e-4)
     assert quality_row("s", "cloak", [a], [a]).n_photos == 0
+    assert q.face_ssim is None and q.n_faces == 0
+
+
+def test_quality_row_measures_the_faces_where_the_photo_dilutes_the_change():
+    rng = np.random.default_rng(2)
+    photo = rng.integers(60, 200, (96, 96, 3), dtype=np.uint8)
+    changed = photo.copy()
+    noise = rng.choice([-10, 10], (30, 30, 3))
+    changed[30:60, 30:60] = np.clip(photo[30:60, 30:60].astype(int) + noise, 0, 255).astype(np.uint8)
+    face = Face(box=np.array([32.0, 32.0, 58.0, 58.0]), score=1.0, landmarks=np.zeros((5, 2)))
+    q = quality_row("s", "cloak", [photo], [changed], [[face]])
+    assert q.n_faces == 1 and q.face_ssim < q.ssim and q.face_ssim_p5 <= q.face_ssim
+    assert q.face_psnr < q.psnr and q.face_ssim_min == q.face_ssim
+    # A face box that covers the whole photo gives the whole photo's figures.
+    whole = Face(box=np.array([0.0, 0.0, 96.0, 96.0]), score=1.0, landmarks=np.zeros((5, 2)))
+    w = quality_row("s", "cloak", [photo], [changed], [[whole]])
+    assert w.face_ssim == pytest.approx(w.ssim, abs=1e-6) and w.face_psnr == pytest.approx(w.psnr, rel=1e-6)
 
 
 class _CountingPipeline:
@@ -360,7 +377,11 @@ def _fake_results() -> ExperimentResults:
     values = {"cloak": 0.9, "none": 0.1, "noise": 0.2}
     for label, eps, drop in (("a", 4.0, 0.0), ("b", 8.0, 0.05)):
         res.settings.append(Setting(label, "lowkey", eps, 10, 0.02, True, seconds=14.0, n_cloaked=7))
-        res.quality.append(QualityRow(label, "cloak", 0.99 - drop, (0.01 + drop) / 2, 40.0, 0.98, 7))
+        res.quality.append(
+            QualityRow(
+                label, "cloak", 0.99 - drop, (0.01 + drop) / 2, 40.0, 0.98, 7, face_ssim=0.95 - drop, face_ssim_p5=0.85
+            )
+        )
         res.quality.append(QualityRow(label, "noise", 0.95, 0.025, 36.0, 0.9, 7))
         for k, transform in enumerate(res.transforms):
             for condition, v in values.items():
@@ -388,7 +409,7 @@ def _fake_results() -> ExperimentResults:
 def test_headline_table_on_fake_numbers():
     header, rows = headline_rows(_fake_results(), "a")
     assert header[:5] == ["tracker", "transform", "cloak 1-NN", "cloak rank-1", "no cloak 1-NN"]
-    assert header[-3:] == ["SSIM", "DSSIM", "PSNR (dB)"]
+    assert header[-3:] == ["face SSIM", "face p5 SSIM", "photo SSIM"]
     assert rows[0] == [
         "dlib_resnet (same)",
         "none",
@@ -398,9 +419,9 @@ def test_headline_table_on_fake_numbers():
         "10%",
         "20%",
         "20%",
+        "0.950",
+        "0.850",
         "0.990",
-        "0.0050",
-        "40.0",
     ]
     assert rows[2][:4] == ["dlib_resnet (same)", "down0.5", "70%", "70%"]
     assert len(rows) == 3

@@ -316,19 +316,19 @@ class AdaptiveExperiment:
             n_cloaked=sum(bool(f) for f in self.shared_faces),
         )
         self.results.protection.settings.append(setting)
-        q = quality_row(setting.label, "cloak", self.shared_originals, self.shared_cloaked)
+        q = quality_row(setting.label, "cloak", self.shared_originals, self.shared_cloaked, self.shared_faces)
         self.results.protection.quality.append(q)
         self.results.adaptation.update(
             n_cloaked=sum(bool(f) for f in self.adapt_faces), seconds_cloaking_all=seconds, n_photos_cloaked=n_cloaked
         )
         log.info(
-            "Cloaked %d photos (%d users', %d of the adaptation set) in %.0f s; users' SSIM %.4f, PSNR %.1f dB",
+            "Cloaked %d photos (%d users', %d of the adaptation set) in %.0f s; users' faces SSIM %s, photos SSIM %.4f",
             n_cloaked,
             setting.n_cloaked,
             self.results.adaptation["n_cloaked"],
             seconds,
+            "-" if q.face_ssim is None else f"{q.face_ssim:.4f}",
             q.ssim,
-            q.psnr,
         )
 
     # ------------------------------------------------------------------ embedding and scoring

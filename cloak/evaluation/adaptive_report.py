@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloak.evaluation.adaptive_results import CORRECTION, FINETUNE, AdaptiveResults
-from cloak.evaluation.report import PROTECTION_FIELDS, markdown_table, num, pct
+from cloak.evaluation.report import PROTECTION_FIELDS, face_quality_words, markdown_table, num, pct
 from cloak.evaluation.results import METRIC_NAMES
 
 #: The files :func:`write_adaptive_report` writes, by key.
@@ -116,7 +116,7 @@ def adaptive_markdown(results: AdaptiveResults) -> str:
         out.append(
             f"Cloak: `{s.label}` ({s.attack}, eps {s.eps:g}/255, {s.steps} steps, max DSSIM "
             f"{'-' if s.max_dssim is None else f'{s.max_dssim:g}'}) against {', '.join(p.cloak_models)}"
-            + (f"; users' photos SSIM {q.ssim:.3f}, PSNR {q.psnr:.1f} dB." if q else ".")
+            + (f"; {face_quality_words(q)}." if q else ".")
         )
     out.append(
         f"\nThe tracker's adaptation set: {a.get('n_identities')} public identities that are neither users nor "

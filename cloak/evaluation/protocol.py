@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -55,37 +56,62 @@ from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import load_photo, to_tensor
 from cloak.protect import cloak_photos
-from cloak.quality import dssim, psnr, ssim
+from cloak.quality import FaceQuality, dssim, face_quality, psnr, ssim
 
 log = logging.getLogger(__name__)
 
 
 def quality_row(
-    setting: str, condition: str, originals: Sequence[np.ndarray], changed: Sequence[np.ndarray]
+    setting: str,
+    condition: str,
+    originals: Sequence[np.ndarray],
+    changed: Sequence[np.ndarray],
+    faces: Sequence[Sequence[Face]] | None = None,
 ) -> QualityRow:
-    """Mean SSIM, DSSIM and PSNR of the photos that ``changed`` against their originals, whole photo.
+    """Image quality of the photos that ``changed`` against their originals: whole photo, and on each face.
 
-    Unchanged photos (e.g. without a face) are left out; PSNR is averaged over finite values.
+    Unchanged photos (e.g. without a face) are left out; PSNRs are averaged over finite
+    values. Face figures are measured on each face's box grown 10% (``faces[i]`` are the
+    faces of photo ``i``; None for whole-photo figures only).
     """
     idx = [i for i, (a, b) in enumerate(zip(originals, changed)) if not np.array_equal(a, b)]
     if not idx:
         return QualityRow(setting, condition, 1.0, 0.0, float("inf"), 1.0, 0)
     values: dict[str, list[float]] = {"ssim": [], "dssim": [], "psnr": []}
+    per_face: dict[str, list[float]] = {name: [] for name in FaceQuality._fields}
     for i in idx:
         a, b = to_tensor(originals[i]).unsqueeze(0), to_tensor(changed[i]).unsqueeze(0)
         for name, metric in (("ssim", ssim), ("dssim", dssim), ("psnr", psnr)):
             values[name].append(float(metric(a, b)[0]))
+        if faces is not None and faces[i]:
+            boxes = torch.as_tensor(np.stack([f.box for f in faces[i]]), dtype=torch.float64)
+            for name, v in face_quality(a[0], b[0], boxes)._asdict().items():
+                per_face[name] += v.tolist()
     q = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
-    finite = q["psnr"][np.isfinite(q["psnr"])]
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in per_face.items()}
+    n_faces = len(f["ssim"])
     return QualityRow(
         setting=setting,
         condition=condition,
         ssim=float(q["ssim"].mean()),
         dssim=float(q["dssim"].mean()),
-        psnr=float(finite.mean()) if len(finite) else float("inf"),
+        psnr=_finite_mean(q["psnr"]),
         ssim_min=float(q["ssim"].min()),
         n_photos=len(idx),
+        face_ssim=float(f["ssim"].mean()) if n_faces else None,
+        face_ssim_p5=float(f["ssim_p5"].mean()) if n_faces else None,
+        face_psnr=_finite_mean(f["psnr"]) if n_faces else None,
+        face_haarpsi=float(np.nanmean(f["perceptual"])) if np.isfinite(f["perceptual"]).any() else None,
+        face_ssim_min=float(f["ssim"].min()) if n_faces else None,
+        face_ssim_p5_min=float(f["ssim_p5"].min()) if n_faces else None,
+        n_faces=n_faces,
     )
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """The mean of the finite values (``inf`` when none is: nothing changed)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("inf")
 
 
 @dataclass
@@ -262,11 +288,13 @@ class Experiment:
         self.results.settings.append(setting)
         self.results.cloak_models += [n for n in members if n not in self.results.cloak_models]
         for condition, images in (("cloak", result.cloaked), ("noise", result.noised)):
-            q = quality_row(label, condition, self.originals, images)
+            q = quality_row(label, condition, self.originals, images, self.cloak_faces)
             self.results.quality.append(q)
             log.info(
-                "  %s quality: SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB",
+                "  %s quality: faces SSIM %s (p5 local SSIM %s); photos SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB",
                 condition,
+                "-" if q.face_ssim is None else f"{q.face_ssim:.4f}",
+                "-" if q.face_ssim_p5 is None else f"{q.face_ssim_p5:.4f}",
                 q.ssim,
                 q.ssim_min,
                 q.dssim,

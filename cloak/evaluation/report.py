@@ -49,7 +49,22 @@ PROTECTION_FIELDS = (
     "n_probes_no_face",
     "n_shared_no_face",
 )
-QUALITY_FIELDS = ("setting", "condition", "ssim", "dssim", "psnr", "ssim_min", "n_photos")
+QUALITY_FIELDS = (
+    "setting",
+    "condition",
+    "face_ssim",
+    "face_ssim_p5",
+    "face_psnr",
+    "face_haarpsi",
+    "face_ssim_min",
+    "face_ssim_p5_min",
+    "n_faces",
+    "ssim",
+    "dssim",
+    "psnr",
+    "ssim_min",
+    "n_photos",
+)
 
 
 def pct(x: float | None) -> str:
@@ -80,7 +95,7 @@ def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], 
     header = ["tracker", "transform"]
     for condition in CONDITIONS:
         header += [f"{CONDITION_NAMES[condition]} {METRIC_NAMES.get(m, m)}" for m in metrics]
-    header += ["SSIM", "DSSIM", "PSNR (dB)"]
+    header += ["face SSIM", "face p5 SSIM", "photo SSIM"]
     q = results.quality_of(setting, "cloak")
     rows = []
     for tracker in results.measured_trackers():
@@ -90,9 +105,19 @@ def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], 
             row = [f"{tracker} ({rel})" if rel else tracker, name]
             for condition in CONDITIONS:
                 row += [pct(results.value(setting, tracker, transform, condition, m)) for m in metrics]
-            row += [num(q.ssim if q else None), num(q.dssim if q else None, 4), num(q.psnr if q else None, 1)]
+            row += [num(q.face_ssim if q else None), num(q.face_ssim_p5 if q else None), num(q.ssim if q else None)]
             rows.append(row)
     return header, rows
+
+
+def face_quality_words(q: QualityRow) -> str:
+    """``q``'s quality in a few words: on the faces (mean SSIM, 5th-percentile local SSIM), then whole photos."""
+    faces = (
+        f"faces SSIM {q.face_ssim:.3f}, 5th-percentile local SSIM {q.face_ssim_p5:.3f}; "
+        if q.face_ssim is not None and q.face_ssim_p5 is not None
+        else ""
+    )
+    return f"{faces}whole photos SSIM {q.ssim:.3f}, PSNR {q.psnr:.1f} dB"
 
 
 def headline_markdown(results: ExperimentResults, setting: str) -> str:
@@ -101,7 +126,7 @@ def headline_markdown(results: ExperimentResults, setting: str) -> str:
 
 
 def settings_markdown(results: ExperimentResults) -> str:
-    """The settings with their cloak's and noise's image quality and cloaking time."""
+    """The settings with their cloak's and noise's image quality (on the faces, then whole photos) and time."""
     header = [
         "setting",
         "attack",
@@ -109,12 +134,13 @@ def settings_markdown(results: ExperimentResults) -> str:
         "steps",
         "max DSSIM",
         "robust",
-        "SSIM",
-        "min SSIM",
-        "DSSIM",
-        "PSNR (dB)",
-        "noise SSIM",
-        "noise PSNR (dB)",
+        "face SSIM (min)",
+        "face p5 SSIM (min)",
+        "face PSNR (dB)",
+        "face HaarPSI",
+        "photo SSIM",
+        "photo PSNR (dB)",
+        "noise face SSIM",
         "s / photo",
     ]
     rows = []
@@ -128,12 +154,13 @@ def settings_markdown(results: ExperimentResults) -> str:
                 s.steps,
                 "-" if s.max_dssim is None else f"{s.max_dssim:g}",
                 "yes" if s.robust else "no",
+                f"{num(q.face_ssim if q else None)} ({num(q.face_ssim_min if q else None)})",
+                f"{num(q.face_ssim_p5 if q else None)} ({num(q.face_ssim_p5_min if q else None)})",
+                num(q.face_psnr if q else None, 1),
+                num(q.face_haarpsi if q else None),
                 num(q.ssim if q else None),
-                num(q.ssim_min if q else None),
-                num(q.dssim if q else None, 4),
                 num(q.psnr if q else None, 1),
-                num(n.ssim if n else None),
-                num(n.psnr if n else None, 1),
+                num(n.face_ssim if n else None),
                 num(s.seconds / max(1, s.n_cloaked), 1),
             ]
         )
@@ -218,7 +245,9 @@ def load_results(path: Path) -> ExperimentResults:
     data = json.loads(Path(path).read_text())
     quality = []
     for q in data.pop("quality"):
-        q["psnr"] = float("inf") if q["psnr"] is None else q["psnr"]
+        for key in ("psnr", "face_psnr"):
+            if key in q and q[key] is None and (key == "psnr" or q.get("n_faces")):
+                q[key] = float("inf")
         quality.append(QualityRow(**q))
     settings = [Setting(**s) for s in data.pop("settings")]
     protection = [ProtectionRow(**r) for r in data.pop("protection")]

@@ -92,6 +92,12 @@ class QualityRow:
         ssim, dssim, psnr: means over the photos that were changed (PSNR over finite values).
         ssim_min: the worst photo's SSIM.
         n_photos: photos averaged over.
+        face_ssim, face_ssim_p5, face_psnr, face_haarpsi: means over the faces of those
+            photos, each measured on its box grown 10% (:func:`cloak.quality.face_quality`):
+            what people see, where the whole-photo figures dilute the cloak with untouched
+            background. ``face_ssim_p5`` is the 5th percentile of the local SSIM map
+            (texture on flat skin shows there first). None when no face was measured.
+        face_ssim_min, face_ssim_p5_min: the worst face's.
     """
 
     setting: str
@@ -101,6 +107,13 @@ class QualityRow:
     psnr: float
     ssim_min: float
     n_photos: int
+    face_ssim: float | None = None
+    face_ssim_p5: float | None = None
+    face_psnr: float | None = None
+    face_haarpsi: float | None = None
+    face_ssim_min: float | None = None
+    face_ssim_p5_min: float | None = None
+    n_faces: int = 0
 
 
 @dataclass
