@@ -203,6 +203,7 @@ SHAPING = {
     "masking": {"masking": VisualMasking(floor=0.2, contrast=0.05)},
     "smooth": {"perturbation_sigma": 1.0},
     "luma": {"color": "luma"},
+    "auto": {"color": "auto"},
     "all": {"masking": True, "perturbation_sigma": 0.7, "color": "luma"},
 }
 
@@ -226,6 +227,21 @@ def test_shaped_cloaks_keep_the_invariants(shaping, tiny_embedder):
         if attack.color == "luma":
             assert torch.allclose(delta[0], delta[1], atol=1e-9) or (r.photo.amax() == 1 or r.photo.amin() == 0)
         assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9), "a photo's cloak depends on its batch"
+
+
+def test_auto_colour_gives_a_grey_photo_a_grey_cloak(tiny_embedder):
+    """color=auto: on a black-and-white photo the cloak changes R, G and B alike; on a colour one it need not."""
+    model = tiny_embedder(dtype=torch.float64)
+    photo, landmarks = synthetic_photo(3, size=(72, 80), dtype=torch.float64)
+    grey = photo.mean(dim=0, keepdim=True).expand(3, -1, -1).clone()
+    attack = PGD(eps=8, steps=6, max_dssim=None, color="auto")
+    for image, coloured in ((grey, False), (photo, True)):
+        r = attack(model, [PhotoFaces(image, landmarks, seed=1)])[0]
+        delta = r.photo - image
+        inside = (r.photo > 0) & (r.photo < 1)  # clamping at black or white may differ per channel
+        spread = (delta - delta.mean(dim=0, keepdim=True)).abs()[inside].max()
+        assert delta.abs().max() > 0
+        assert (spread > 1 / 255) == coloured, f"coloured={coloured}: colour spread {float(spread) * 255:.2f} levels"
 
 
 def test_masking_projects_the_bound_per_pixel(tiny_embedder):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cloak.attacks.masking import VisualMasking, luma, luminance_jnd, masking_map
+from cloak.attacks.masking import VisualMasking, chroma_map, luma, luminance_jnd, masking_map
 
 
 def _flat_and_textured(size: int = 32, level: float = 0.5) -> torch.Tensor:
@@ -64,3 +64,14 @@ def test_bad_settings_are_refused(kwargs, match):
 def test_shape_errors():
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         masking_map(torch.rand(3, 8, 8))
+
+
+def test_chroma_map_is_zero_on_grey_and_full_on_colour():
+    grey = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(2)).expand(1, 3, 24, 24)
+    assert torch.allclose(chroma_map(grey), torch.zeros(1, 1, 24, 24), atol=1e-6)
+    skin = torch.tensor([0.86, 0.66, 0.55]).view(1, 3, 1, 1).expand(1, 3, 24, 24)
+    assert torch.allclose(chroma_map(skin), torch.ones(1, 1, 24, 24))
+    faint = grey + torch.tensor([0.01, 0.0, -0.01]).view(1, 3, 1, 1)
+    assert 0 < float(chroma_map(faint).mean()) < 0.5
+    with pytest.raises(ValueError, match="RGB"):
+        chroma_map(torch.rand(1, 1, 8, 8))

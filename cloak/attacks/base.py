@@ -20,7 +20,7 @@ import torch
 
 from cloak.alignment import warp_crops
 from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
-from cloak.attacks.masking import VisualMasking
+from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import PhotoFaces, Region, face_region
 from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
@@ -86,8 +86,10 @@ class Attack:
             uniform bound.
         perturbation_sigma: Gaussian smoothing of the cloak, in model-input pixels
             (converted to each photo's pixels through its faces' alignment); 0 for none.
-        color: ``"rgb"``, or ``"luma"`` for a grey cloak (the same change on R, G, B),
-            which survives JPEG's chroma subsampling whole.
+        color: ``"rgb"``; ``"luma"`` for a grey cloak (the same change on R, G, B),
+            which survives JPEG's chroma subsampling whole; or ``"auto"``: colour only as
+            far as the photo is coloured there (:func:`~cloak.attacks.masking.chroma_map`),
+            so a grey or black-and-white face gets a grey cloak.
         transform: random platform distortions averaged over; ``None`` for none.
         random_start: start from uniform noise in half the L-inf ball.
         seed: seeds everything random, together with each photo's pixels.
@@ -371,7 +373,8 @@ class Attack:
             # smallest face sets it, so no face loses the detail its model sees.
             scales = torch.cat([m[:, :, :2].det().abs().sqrt() for m in region.matrices.values()])
             blur = self.perturbation_sigma * float(scales.min())
-        return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3)
+        chroma = chroma_map(clean) if self.color == "auto" else None
+        return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3, chroma=chroma)
 
     def _budget(self, photo: PhotoFaces, region: Region) -> FaceBudget:
         """One photo's perceptual budget, on its faces' boxes in region pixels."""

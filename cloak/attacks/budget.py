@@ -28,8 +28,9 @@ import torch
 from cloak.attacks.masking import smooth
 from cloak.quality import FACE_BOX_GROWTH, LOCAL_SSIM_PERCENTILE, dssim, grow_boxes, ssim_map
 
-#: Colour spaces a cloak can live in: all three channels, or luma only (grey: the same change on R, G, B).
-COLORS = ("rgb", "luma")
+#: Colour spaces a cloak can live in: all three channels; luma only (grey: the same change on
+#: R, G, B); or auto: colour only as far as the photo is coloured there (:func:`chroma_map`).
+COLORS = ("rgb", "luma", "auto")
 
 
 @dataclass
@@ -41,16 +42,23 @@ class CloakShape:
             (visual masking times the region's feathered mask).
         blur_sigma: Gaussian sigma of the cloak in region pixels; 0 for none.
         channels: 3 (RGB cloak) or 1 (luma cloak, the same change on R, G and B).
+        chroma: optional ``[1, 1, h, w]`` in ``[0, 1]``: the share of an RGB cloak's colour
+            (its difference from grey) each pixel keeps. A convex mix of the cloak and its
+            grey, so the L-inf bound still holds.
     """
 
     share: torch.Tensor
     blur_sigma: float = 0.0
     channels: int = 3
+    chroma: torch.Tensor | None = None
 
     def delta(self, u: torch.Tensor) -> torch.Tensor:
         """The ``[1, 3, h, w]`` pixel change of ``u`` (``[1, channels, h, w]``); differentiable."""
         if self.blur_sigma > 0:
             u = smooth(u, self.blur_sigma)
+        if self.chroma is not None and u.shape[1] == 3:
+            grey = u.mean(dim=1, keepdim=True)
+            u = grey + self.chroma * (u - grey)
         return self.share * u.expand(-1, 3, -1, -1)
 
     def bound(self, eps: float) -> torch.Tensor:

@@ -12,6 +12,12 @@ the cloak's L-inf bound pixel by pixel (``eps * map``), from
 - luminance (JND): the eye's threshold for a change rises in dark and very bright
   areas (Chou and Li, 1995: about 3 grey levels at mid grey, up to 20 in black),
   raising the budget there by that factor to the power ``luminance``.
+
+Colour follows the same idea (:func:`chroma_map`): a hue shift hides in coloured
+skin, while any colour at all stands out on a grey or black-and-white face (the
+cloak shows there as pink and green blotches). The map gives the share of the
+cloak's colour (its difference from grey) that a pixel may keep, by how coloured
+the photo already is around it.
 """
 
 from __future__ import annotations
@@ -60,6 +66,35 @@ def smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     k = gaussian_kernel_size(sigma)
     return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma), border_type="replicate")
+
+
+#: Colourfulness (RMS of R, G, B about their mean, in [0, 1] units, Gaussian-averaged) at
+#: and above which a pixel may keep all of the cloak's colour; about a third of typical skin's.
+CHROMA_FULL = 0.06
+
+
+def chroma_map(image: torch.Tensor, full: float = CHROMA_FULL, sigma: float = 4.0) -> torch.Tensor:
+    """Per pixel, the share of the cloak's colour (its difference from grey) the photo hides there, in ``[0, 1]``.
+
+    0 on grey pixels (the cloak stays grey: the same change on R, G and B), 1 where
+    the photo's local colourfulness reaches ``full``.
+
+    Args:
+        image: the clean photo (or region), values in ``[0, 1]``.
+        full: colourfulness at which the whole colour budget is allowed.
+        sigma: Gaussian window of the local average, in pixels.
+
+    Shape:
+        - image: :math:`(B, 3, H, W)`
+        - Output: :math:`(B, 1, H, W)`
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"chroma_map expects [B, 3, H, W] RGB images, got {list(image.shape)}")
+    if full <= 0:
+        raise ValueError(f"full must be > 0, got {full}")
+    spread = (image - image.mean(dim=1, keepdim=True)).pow(2).mean(dim=1, keepdim=True)
+    colourfulness = smooth(spread, sigma).clamp_min(0).sqrt()
+    return (colourfulness / full).clamp(0.0, 1.0)
 
 
 def luminance_jnd(background: torch.Tensor) -> torch.Tensor:
