@@ -47,8 +47,11 @@ def test_every_detector_instantiates(detector):
 
 
 def test_strength_presets_grow():
-    eps = [load_config([f"strength={s}"]).strength.eps for s in ("low", "mid", "high")]
-    assert eps == sorted(eps) and len(set(eps)) == 3
+    presets = [load_config([f"strength={s}"]).strength for s in ("low", "mid", "high")]
+    eps, steps = [p.eps for p in presets], [p.steps for p in presets]
+    face_ssim = [p.min_face_ssim for p in presets]
+    assert eps == sorted(eps) and steps == sorted(steps)
+    assert face_ssim == sorted(face_ssim, reverse=True) and len(set(face_ssim)) == 3, "each preset allows more change"
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")

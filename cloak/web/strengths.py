@@ -54,11 +54,13 @@ def preset_file(name: str) -> DictConfig:
 
 
 def chosen_preset(strength: DictConfig) -> str:
-    """The preset ``cfg.strength`` was composed from: the one with the same ``eps`` (else ``mid``)."""
+    """The preset ``cfg.strength`` was composed from: the one with the same budgets (else ``mid``)."""
+    keys = ("eps", "max_dssim", "min_face_ssim")
     for name in PRESET_NAMES:
-        if float(preset_file(name).eps) == float(strength.eps):
+        preset = preset_file(name)
+        if all(OmegaConf.select(preset, k) == OmegaConf.select(strength, k) for k in keys):
             return name
-    log.warning("strength.eps=%s matches no preset; the page starts with mid", strength.eps)
+    log.warning("strength %s matches no preset; the page starts with mid", {k: strength.get(k) for k in keys})
     return "mid"
 
 
