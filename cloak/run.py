@@ -326,6 +326,13 @@ def _summarise(outcome: Outcome, output: Path) -> None:
                     len(faces),
                     thr,
                 )
+        if faces:
+            # Beyond the threshold is what one photo can show; whether a tracker that learns
+            # from many photos still recognises the person is what experiments/ measures.
+            log.info(
+                "Past the threshold is necessary, not sufficient: a tracker trained on several of your "
+                "photos, or running another model, may still recognise you. How often it does: README, 'Limits'."
+            )
     if outcome.no_face:
         log.info("%d photo(s) had no face: %s", len(outcome.no_face), ", ".join(outcome.no_face))
     if outcome.skipped_done:

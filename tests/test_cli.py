@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def _run(*overrides: str) -> int:
     return run(load_config([*FAST, *overrides]))
 
 
-def test_folder_is_cloaked_safely_and_reported(photos):
+def test_folder_is_cloaked_safely_and_reported(photos, caplog):
+    caplog.set_level(logging.INFO, logger="cloak")
     before = _digest(photos)
     status = _run(f"input={photos}")
     out = photos.parent / "photos_cloaked"
@@ -68,6 +70,8 @@ def test_folder_is_cloaked_safely_and_reported(photos):
     assert report["wall.png"]["status"] == "no_face"
     assert report["broken.jpg"]["status"] == "failed" and "broken.jpg" in report["broken.jpg"]["error"]
     assert "notes.txt" not in report
+    # The summary says what one photo's numbers cannot promise, and where the measurements are.
+    assert "necessary, not sufficient" in caplog.text and "Limits" in caplog.text
 
 
 def test_rerun_skips_done_photos_and_overwrite_redoes_them(photos):
