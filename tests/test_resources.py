@@ -37,7 +37,8 @@ reset = reset_peak_rss()
 before = peak_rss_bytes()
 block = bytearray(64 * 2**20)
 block[::4096] = b"x" * len(block[::4096])  # touch every page
-print(reset, before, peak_rss_bytes(), rss_bytes())
+now = rss_bytes()  # before the peak: memory read later may have grown past an earlier peak reading
+print(reset, before, peak_rss_bytes(), now)
 """
 
 
