@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from cloak.evaluation.adaptive_results import CORRECTION, FINETUNE, AdaptiveResults
-from cloak.evaluation.report import PROTECTION_FIELDS, face_quality_words, markdown_table, num, pct
+from cloak.evaluation.report import PROTECTION_FIELDS, face_quality_words, json_safe, markdown_table, num, pct
 from cloak.evaluation.results import METRIC_NAMES
 
 #: The files :func:`write_adaptive_report` writes, by key.
 FILES = {"json": "adaptive.json", "csv": "adaptive.csv", "markdown": "adaptive.md", "png": "adaptive.png"}
-
-
-def _json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` with non-finite floats as None (JSON has no infinity)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def tracker_variants(results: AdaptiveResults) -> list[tuple[str, str, str]]:
@@ -215,7 +202,7 @@ def write_adaptive_report(results: AdaptiveResults, out_dir: Path, plots: bool =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {key: out_dir / name for key, name in FILES.items()}
-    files["json"].write_text(json.dumps(_json_safe(results.to_dict()), indent=1, allow_nan=False) + "\n")
+    files["json"].write_text(json.dumps(json_safe(results.to_dict()), indent=1, allow_nan=False) + "\n")
     with open(files["csv"], "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(PROTECTION_FIELDS)

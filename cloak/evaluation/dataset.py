@@ -177,6 +177,20 @@ class ExperimentPhotos:
         """Every photo: shared, then probes, then distractors."""
         return [*self.shared_paths, *self.probe_paths, *self.distractor_paths]
 
+    def summary(self, root: Path | str, shared_fraction: float, min_photos: int, seed: int) -> dict:
+        """What a results file records about the run's data: where, who, how many."""
+        return {
+            "root": str(root),
+            "users": self.split.users,
+            "n_shared": len(self.shared_paths),
+            "n_probes": len(self.probe_paths),
+            "n_distractor_identities": len(set(self.distractor_labels)),
+            "n_distractor_photos": len(self.distractor_paths),
+            "shared_fraction": float(shared_fraction),
+            "min_photos": int(min_photos),
+            "seed": int(seed),
+        }
+
     def rows(self, part: str) -> np.ndarray:
         """Indices of ``part`` (``shared``, ``probes`` or ``distractors``) in :attr:`all_paths`."""
         n_s, n_p, n_d = len(self.shared_paths), len(self.probe_paths), len(self.distractor_paths)

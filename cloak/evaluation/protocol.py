@@ -176,17 +176,7 @@ class Experiment:
         self.device = resolve_device(cfg.device)
         self.results = ExperimentResults(
             experiment=str(cfg.get("experiment_name", "protection")),
-            data={
-                "root": str(data_root),
-                "users": p.split.users,
-                "n_shared": len(p.shared_paths),
-                "n_probes": len(p.probe_paths),
-                "n_distractor_identities": len(set(p.distractor_labels)),
-                "n_distractor_photos": len(p.distractor_paths),
-                "shared_fraction": float(data.shared_fraction),
-                "min_photos": int(data.min_photos),
-                "seed": int(cfg.seed),
-            },
+            data=p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed),
             cloak_models=[],
             trackers=[],
             skipped_trackers={},

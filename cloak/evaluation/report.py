@@ -224,20 +224,20 @@ def report_markdown(results: ExperimentResults, metrics: Sequence[str] | None = 
     return "\n".join(out)
 
 
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None."""
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None (JSON has no infinity)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(results: ExperimentResults, path: Path) -> None:
     """``results`` as JSON (non-finite numbers as null)."""
-    path.write_text(json.dumps(_finite(results.to_dict()), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(results.to_dict()), indent=1, allow_nan=False) + "\n")
 
 
 def load_results(path: Path) -> ExperimentResults:
