@@ -34,6 +34,7 @@ from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import pixels, to_uint8
 from cloak.quality import FACE_BOX_GROWTH, SSIM_WINDOW, face_quality, ssim_map
 from cloak.windows import JPEG_BLOCK, Box, changed_box, common_grid, cut, merge_overlapping, window_around
+from cloak.working_scale import enlarge_cloak, shrink_job, working_factor
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +286,14 @@ def cloak_photos(
             for job, window in _jobs(photo, found, attack.seed, view_models, device):
                 jobs.append(job)
                 places.append((i, window))
+    # Large faces are cloaked on shrunk copies; their cloaks come back at full resolution.
+    factors = [working_factor(job, view_models, attack.work_scale) if attack.work_scale else 1.0 for job in jobs]
+    work = [shrink_job(job, f) if f < 1 else job for job, f in zip(jobs, factors)]
+    results = attack(model, work, progress=progress)
+    results = [enlarge_cloak(attack, job, w, r) if w is not job else r for job, w, r in zip(jobs, work, results)]
     out = [np.array(p, copy=True) for p in photos]
     steps = [0] * len(photos)
-    for (i, window), result in zip(places, attack(model, jobs, progress=progress)):
+    for (i, window), result in zip(places, results):
         steps[i] = max(steps[i], result.steps)
         if window is None:
             out[i] = to_uint8(result.photo)

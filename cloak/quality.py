@@ -119,6 +119,56 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Te
     return local.mean(dim=1, keepdim=True)
 
 
+class LocalSSIM:
+    """The local SSIM map of images against one fixed reference, for an optimisation loop.
+
+    Gives the same map as :func:`ssim_map` (to float rounding), about twice as fast
+    with its gradient: the reference's local moments are filtered once, here, and
+    each call filters the image's three moments in one grouped convolution pair,
+    where :func:`kornia.metrics.ssim` filters five, one at a time.
+
+    Args:
+        reference: ``[1, 3, H, W]`` or ``[3, H, W]`` in ``[0, max_val]``; H and W above 5.
+        max_val: the data range.
+
+    Shape:
+        - reference: :math:`(1, 3, H, W)` or :math:`(3, H, W)`
+        - Input: :math:`(B, 3, H, W)`
+        - Output: :math:`(B, 1, H, W)`, as :func:`ssim_map`
+    """
+
+    def __init__(self, reference: torch.Tensor, max_val: float = 1.0) -> None:
+        ref, _ = _batched(reference, reference)
+        if ref.shape[0] != 1:
+            raise ValueError(f"reference must be one image, got a batch of {ref.shape[0]}")
+        if min(ref.shape[-2:]) <= SSIM_WINDOW // 2:
+            raise ValueError(f"SSIM needs images of at least 6x6 pixels (11x11 window), got {list(ref.shape[-2:])}")
+        self.kernel = kornia.filters.get_gaussian_kernel1d(SSIM_WINDOW, 1.5, device=ref.device, dtype=ref.dtype)
+        self.c1, self.c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+        self.reference = ref
+        with torch.no_grad():
+            self.mu_ref, ref_sq = self._filter(torch.cat([ref, ref * ref], 1)).split(3, 1)
+            self.var_ref = ref_sq - self.mu_ref**2
+
+    def _filter(self, x: torch.Tensor) -> torch.Tensor:
+        """Each channel of ``x`` smoothed by the SSIM window, reflect-padded (kornia's ``padding="same"``)."""
+        n, pad = x.shape[1], SSIM_WINDOW // 2
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        x = torch.nn.functional.conv2d(x, self.kernel.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
+        return torch.nn.functional.conv2d(x, self.kernel.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1:] != self.reference.shape[1:]:
+            raise ValueError(
+                f"image must have shape [B, {', '.join(map(str, self.reference.shape[1:]))}], got {list(image.shape)}"
+            )
+        mu, sq, cross = self._filter(torch.cat([image, image * image, image * self.reference], 1)).split(3, 1)
+        mu_mu = mu * self.mu_ref
+        num = (2 * mu_mu + self.c1) * (2 * (cross - mu_mu) + self.c2)
+        den = (mu * mu + self.mu_ref**2 + self.c1) * (sq - mu * mu + self.var_ref + self.c2)
+        return (num / den).mean(dim=1, keepdim=True)
+
+
 def ssim_percentile(
     a: torch.Tensor, b: torch.Tensor, q: float = LOCAL_SSIM_PERCENTILE, max_val: float = 1.0
 ) -> torch.Tensor:

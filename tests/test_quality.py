@@ -6,7 +6,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from cloak.quality import dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
+from cloak.quality import LocalSSIM, dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
@@ -114,6 +114,22 @@ def test_ssim_map_averages_to_ssim():
     local = ssim_map(x, y)
     assert local.shape == (1, 1, 24, 30)
     assert float(local.mean()) == pytest.approx(float(ssim(x, y)[0]), abs=1e-12)
+
+
+def test_local_ssim_against_a_fixed_reference_equals_ssim_map_and_its_gradient():
+    reference = _image(0, (40, 52))
+    images = torch.stack([_image(1, (40, 52)), (reference + 0.05 * _image(2, (40, 52))).clamp(0, 1)])
+    images.requires_grad_(True)
+    fast = LocalSSIM(reference)(images)
+    slow = torch.cat([ssim_map(x, reference) for x in images])
+    assert fast.shape == (2, 1, 40, 52)
+    torch.testing.assert_close(fast, slow, atol=1e-10, rtol=0)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), images)
+    images2 = images.detach().clone().requires_grad_(True)
+    (g_slow,) = torch.autograd.grad(torch.cat([ssim_map(x, reference) for x in images2]).square().sum(), images2)
+    torch.testing.assert_close(g_fast, g_slow, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="must have shape"):
+        LocalSSIM(reference)(images[:, :, :20])
 
 
 def test_percentile_is_below_the_mean_on_a_textured_cloak_on_flat_skin():

@@ -107,6 +107,10 @@ class Attack:
             :meth:`face_margin`), averaged over the recent random distortions; ``None``
             runs every step. Attacks without a margin (targeted ones) never stop early.
         min_steps: the fewest steps a photo takes before it may stop early.
+        work_scale: faces larger than this many photo pixels per model-input pixel are
+            cloaked on a copy shrunk to that scale and the cloak enlarged back
+            (:mod:`cloak.working_scale`, used by :func:`~cloak.protect.cloak_photos`);
+            ``None`` cloaks every face on the photo's own pixels.
     """
 
     name = "attack"
@@ -133,6 +137,7 @@ class Attack:
         skip_gradient: float = 1.0,
         stop_margin: float | None = None,
         min_steps: int = 10,
+        work_scale: float | None = None,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -179,6 +184,9 @@ class Attack:
         self.skip_gradient = float(skip_gradient)
         self.stop_margin = None if stop_margin is None else float(stop_margin)
         self.min_steps = int(min_steps)
+        if work_scale is not None and work_scale < 1:
+            raise ValueError(f"work_scale must be >= 1 (photo pixels per model pixel) or null, got {work_scale}")
+        self.work_scale = None if work_scale is None else float(work_scale)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -383,10 +391,16 @@ class Attack:
             x0, y0 = region.box[:2]
             boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).cpu()
             boxes = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
-        h, w = region.mask.shape[-2:]
+        return self.face_budget(boxes, tuple(region.mask.shape[-2:]))
+
+    def face_budget(self, boxes: torch.Tensor | None, size: tuple[int, int]) -> FaceBudget:
+        """This attack's perceptual budget for a region of ``size`` ``(h, w)`` with faces at ``boxes``.
+
+        ``boxes``: ``[F, 4]`` in the region's pixels, or None to count the whole region as the face.
+        """
         return FaceBudget(
             boxes,
-            (h, w),
+            size,
             self.max_dssim,
             self.min_face_ssim_p5,
             self.dssim_weight,

@@ -149,11 +149,10 @@ class _ConvPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        # PReLU as y * (1 where y > 0, else the channel's slope): the same values and gradients
-        # (input and slope), but torch's fused PReLU backward on a CPU took over half of SFace's
-        # forward+backward time; this costs an elementwise product (17x less, measured).
-        slope = torch.where(y > 0, 1.0, self.prelu.weight.view(1, -1, 1, 1))
-        return y * slope
+        # PReLU as relu(y) - slope * relu(-y): the same values and gradients (input and slope),
+        # but torch's fused PReLU backward on a CPU took over half of SFace's forward+backward
+        # time, and this form's forward+backward is 10% faster than y * where(y > 0, 1, slope).
+        return torch.relu(y) - self.prelu.weight.view(1, -1, 1, 1) * torch.relu(-y)
 
 
 @dataclass
