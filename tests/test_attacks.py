@@ -244,6 +244,25 @@ def test_auto_colour_gives_a_grey_photo_a_grey_cloak(tiny_embedder):
         assert (spread > 1 / 255) == coloured, f"coloured={coloured}: colour spread {float(spread) * 255:.2f} levels"
 
 
+def test_max_chroma_caps_the_colour_of_the_cloak_on_a_colour_photo(tiny_embedder):
+    """color=auto with max_chroma=c: each pixel's change deviates from its grey by at most c times eps."""
+    model = tiny_embedder(dtype=torch.float64)
+    photo, landmarks = synthetic_photo(3, size=(72, 80), dtype=torch.float64)
+    spreads = {}
+    for cap in (1.0, 0.25):
+        r = PGD(eps=8, steps=6, max_dssim=None, color="auto", max_chroma=cap)(
+            model, [PhotoFaces(photo, landmarks, seed=1)]
+        )[0]
+        delta = r.photo - photo
+        inside = ((r.photo > 0) & (r.photo < 1)).all(dim=0)
+        spread = (delta - delta.mean(dim=0, keepdim=True)).abs().amax(0)[inside].max()
+        assert spread <= cap * 2 * 8 / 255 + 1.5 / 255, f"max_chroma={cap}: spread {float(spread) * 255:.2f} levels"
+        spreads[cap] = float(spread)
+    assert spreads[0.25] < spreads[1.0]
+    with pytest.raises(ValueError, match="max_chroma"):
+        PGD(eps=8, steps=2, max_chroma=1.5)
+
+
 def test_masking_projects_the_bound_per_pixel(tiny_embedder):
     """The bound is eps times the masking map of the clean region (and its feathered mask): |delta / map| <= eps."""
     from cloak.attacks.masking import masking_map

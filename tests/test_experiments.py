@@ -152,6 +152,24 @@ def test_embedding_cache_embeds_only_photos_it_lacks(tmp_path):
     assert other.seen == 6
 
 
+def test_photos_are_enlarged_before_embedding(tmp_path):
+    from cloak.evaluation.dataset import enlarge
+
+    path = tmp_path / "p.png"
+    Image.new("RGB", (10, 6), (90, 20, 20)).save(path)
+    seen = []
+
+    class _Sizes(_CountingPipeline):
+        def embed(self, photos, progress=None):
+            seen.extend(p.shape for p in photos)
+            return super().embed(photos, progress)
+
+    PhotoEmbedder([_Sizes()], None, upscale=3.0).paths([path], None, "none", "clean")
+    assert seen == [(18, 30, 3)]
+    assert enlarge(np.zeros((6, 10, 3), np.uint8), 1.0).shape == (6, 10, 3)
+    assert enlarge(np.full((6, 10, 3), 90, np.uint8), 2.5)[2, 3].tolist() == [90, 90, 90]
+
+
 def test_photos_are_read_upright(tmp_path):
     """The embedder reads photos with the photo loader, which applies the EXIF orientation."""
     path = tmp_path / "rotated.jpg"
@@ -538,6 +556,7 @@ def test_protection_experiment_smoke(lfw_dev, tmp_path):
     assert load_results(tmp_path / "results.json").to_dict() == json.loads(json.dumps(res.to_dict()))
     [setting] = res.settings
     assert setting.label == "lowkey/mid/robust" and setting.n_cloaked == res.data["n_shared"] == 2 * 4
+    assert setting.mean_steps == 2  # no early stopping: every photo took every step
     assert len(res.protection) == 2 * 3 * 3  # transforms x conditions x metrics
     assert {r.n_probes for r in res.protection} == {res.data["n_probes"]}
     assert {tuple(sorted(r.per_user)) for r in res.protection} == {tuple(res.data["users"])}

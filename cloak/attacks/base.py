@@ -90,6 +90,8 @@ class Attack:
             which survives JPEG's chroma subsampling whole; or ``"auto"``: colour only as
             far as the photo is coloured there (:func:`~cloak.attacks.masking.chroma_map`),
             so a grey or black-and-white face gets a grey cloak.
+        max_chroma: under ``color="auto"``, the most of the cloak's colour (its difference
+            from grey) any pixel keeps, however coloured the photo is there; 1 for all of it.
         transform: random platform distortions averaged over; ``None`` for none.
         random_start: start from uniform noise in half the L-inf ball.
         seed: seeds everything random, together with each photo's pixels.
@@ -138,6 +140,7 @@ class Attack:
         stop_margin: float | None = None,
         min_steps: int = 10,
         work_scale: float | None = None,
+        max_chroma: float = 1.0,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -187,6 +190,9 @@ class Attack:
         if work_scale is not None and work_scale < 1:
             raise ValueError(f"work_scale must be >= 1 (photo pixels per model pixel) or null, got {work_scale}")
         self.work_scale = None if work_scale is None else float(work_scale)
+        if not 0 <= max_chroma <= 1:
+            raise ValueError(f"max_chroma must be in [0, 1], got {max_chroma}")
+        self.max_chroma = float(max_chroma)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -381,7 +387,7 @@ class Attack:
             # smallest face sets it, so no face loses the detail its model sees.
             scales = torch.cat([m[:, :, :2].det().abs().sqrt() for m in region.matrices.values()])
             blur = self.perturbation_sigma * float(scales.min())
-        chroma = chroma_map(clean) if self.color == "auto" else None
+        chroma = chroma_map(clean).clamp_max(self.max_chroma) if self.color == "auto" else None
         return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3, chroma=chroma)
 
     def _budget(self, photo: PhotoFaces, region: Region) -> FaceBudget:

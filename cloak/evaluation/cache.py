@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cloak.evaluation.dataset import enlarge
 from cloak.evaluation.pipelines import Pipeline
 from cloak.evaluation.platform import PlatformTransform, apply_transform
 from cloak.evaluation.trackers import Embedded
@@ -83,10 +84,14 @@ class PhotoEmbedder:
     Args:
         pipelines: the trackers' pipelines.
         cache: where :meth:`paths` keeps the embeddings of photos read from disk; None: nowhere.
+        upscale: photos read from disk are enlarged by this factor first (:func:`enlarge`).
     """
 
-    def __init__(self, pipelines: Sequence[Pipeline], cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self, pipelines: Sequence[Pipeline], cache: EmbeddingCache | None = None, upscale: float = 1.0
+    ) -> None:
         self.pipelines = list(pipelines)
+        self.upscale = float(upscale)
         self.trackers = [t for p in self.pipelines for t in p.trackers]
         self.cache = cache
 
@@ -124,7 +129,7 @@ class PhotoEmbedder:
             with tqdm(total=len(todo), desc=desc_here, unit="photo", leave=False, disable=None) as bar:
                 for start in range(0, len(todo), chunk):
                     rows = todo[start : start + chunk]
-                    photos = [load_photo(paths[i]).rgb for i in rows]
+                    photos = [enlarge(load_photo(paths[i]).rgb, self.upscale) for i in rows]
                     if transform is not None:
                         photos = apply_transform(photos, transform)
                     for t, e in pipeline.embed(photos, progress=bar.update).items():

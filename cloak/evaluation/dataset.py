@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cloak.photos.listing import PHOTO_EXTENSIONS
 
@@ -28,6 +29,18 @@ _LAYOUT = (
     "(e.g. LFW: lfw-dev/<Name>/<Name>_NNNN.jpg, as scikit-learn's fetch_lfw_people stores it "
     "under ~/scikit_learn_data/lfw_home/lfw_funneled)"
 )
+
+
+def enlarge(photo: np.ndarray, factor: float) -> np.ndarray:
+    """A ``[H, W, 3]`` uint8 photo resized by ``factor`` with Lanczos (the photo itself at 1).
+
+    Experiments enlarge small LFW photos this way to stand in for phone portraits.
+    """
+    if factor == 1:
+        return photo
+    h, w = photo.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
 
 
 def load_identity_folder(root: str | Path, min_images: int = 1, min_identities: int = 1) -> dict[str, list[Path]]:

@@ -46,7 +46,7 @@ from cloak.detection import Face, FaceDetector
 from cloak.device import resolve_device
 from cloak.evaluation.baselines import random_noise
 from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
-from cloak.evaluation.dataset import select_photos
+from cloak.evaluation.dataset import enlarge, select_photos
 from cloak.evaluation.platform import apply_transform, parse_platform_transform
 from cloak.evaluation.results import CONDITIONS, METRIC_NAMES, ExperimentResults, ProtectionRow, QualityRow, Setting
 from cloak.evaluation.sweep import SweepSetting, sweep_settings
@@ -160,6 +160,9 @@ class Experiment:
             max_distractors=data.get("max_distractors"),
         )
         p = self.photos
+        self.upscale = float(data.get("upscale") or 1.0)
+        if self.upscale <= 0:
+            raise ValueError(f"data.upscale must be positive, got {self.upscale}")
         log.info(
             "Data %s: %d users (%s), %d shared and %d clean photos; %d distractor identities, %d photos",
             data_root,
@@ -176,7 +179,7 @@ class Experiment:
         self.device = resolve_device(cfg.device)
         self.results = ExperimentResults(
             experiment=str(cfg.get("experiment_name", "protection")),
-            data=p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed),
+            data={**p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed), "upscale": self.upscale},
             cloak_models=[],
             trackers=[],
             skipped_trackers={},
@@ -204,8 +207,9 @@ class Experiment:
         cache = None
         if cache_dir is not None:
             detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
-            cache = EmbeddingCache(cache_dir, repr((detector_cfg, options, self.device.type)))
-        self.embedder = PhotoEmbedder(pipelines, cache)
+            fingerprint = (detector_cfg, options, self.device.type)
+            cache = EmbeddingCache(cache_dir, repr(fingerprint if self.upscale == 1 else (*fingerprint, self.upscale)))
+        self.embedder = PhotoEmbedder(pipelines, cache, upscale=self.upscale)
         self.results.trackers, self.results.skipped_trackers = self.embedder.trackers, skipped
         log.info("Trackers: %s", ", ".join(self.embedder.trackers))
 
@@ -228,7 +232,7 @@ class Experiment:
 
     def find_faces_to_cloak(self) -> None:
         """Reads the shared photos and finds the faces in them with the cloak's detector."""
-        self.originals = [load_photo(p).rgb for p in self.photos.shared_paths]
+        self.originals = [enlarge(load_photo(p).rgb, self.upscale) for p in self.photos.shared_paths]
         self.cloak_faces: list[list[Face]] = self.detector.detect_many(self.originals)
         found = sum(bool(f) for f in self.cloak_faces)
         log.info("Cloak detector: faces in %d of %d shared photos", found, len(self.originals))
@@ -263,10 +267,11 @@ class Experiment:
             "robust" if setting.robust else "no transform",
         )
         t0 = time.perf_counter()
-        cloaked = self._cloak_in_batches(attack, model, desc=f"cloaking [{label}]")
+        cloaked, steps = self._cloak_in_batches(attack, model, desc=f"cloaking [{label}]")
         setting.seconds = time.perf_counter() - t0
         setting.n_cloaked = sum(bool(f) for f in self.cloak_faces)
-        log.info("Cloaked %d photos in %.0f s", setting.n_cloaked, setting.seconds)
+        setting.mean_steps = float(np.mean([n for n, f in zip(steps, self.cloak_faces) if f] or [0]))
+        log.info("Cloaked %d photos in %.0f s, %.1f steps each", setting.n_cloaked, setting.seconds, setting.mean_steps)
         members = {name: m for name, m, _ in as_ensemble(model).items()}
         noise_key = (setting.eps, model_key)
         if noise_key not in self._noise:
@@ -292,17 +297,24 @@ class Experiment:
             )
         return result
 
-    def _cloak_in_batches(self, attack: Attack, model: FaceEmbedder | Ensemble, desc: str) -> list[np.ndarray]:
-        """The shared photos cloaked ``cloak_batch_size`` at a time (photos without faces unchanged)."""
+    def _cloak_in_batches(
+        self, attack: Attack, model: FaceEmbedder | Ensemble, desc: str
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """The shared photos cloaked ``cloak_batch_size`` at a time (photos without faces unchanged), and each one's steps."""
         batch = int(self.cfg.cloak_batch_size)
         photos, faces = self.originals, self.cloak_faces
         out: list[np.ndarray] = []
+        steps: list[int] = []
         n_batches = -(-len(photos) // batch)
         with tqdm(total=n_batches * attack.steps, desc=desc, unit="step", leave=False, disable=None) as bar:
             for start in range(0, len(photos), batch):
                 chunk = slice(start, start + batch)
-                out += cloak_photos(photos[chunk], faces[chunk], attack, model, self.device, progress=bar.update)
-        return out
+                taken: list[int] = []
+                out += cloak_photos(
+                    photos[chunk], faces[chunk], attack, model, self.device, progress=bar.update, steps_taken=taken
+                )
+                steps += taken
+        return out, steps
 
     def _shared_embeddings(self, condition: str, photos: CloakedSetting, transform: str) -> dict[str, Embedded]:
         """Tracker -> the shared photos under ``condition`` after ``transform``; baselines are reused across settings."""

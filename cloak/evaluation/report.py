@@ -131,7 +131,7 @@ def settings_markdown(results: ExperimentResults) -> str:
         "setting",
         "attack",
         "eps",
-        "steps",
+        "steps (mean taken)",
         "max DSSIM",
         "robust",
         "face SSIM (min)",
@@ -151,7 +151,7 @@ def settings_markdown(results: ExperimentResults) -> str:
                 s.label,
                 s.attack,
                 f"{s.eps:g}",
-                s.steps,
+                f"{s.steps} ({s.mean_steps:.1f})" if s.mean_steps else str(s.steps),
                 "-" if s.max_dssim is None else f"{s.max_dssim:g}",
                 "yes" if s.robust else "no",
                 f"{num(q.face_ssim if q else None)} ({num(q.face_ssim_min if q else None)})",
@@ -199,7 +199,8 @@ def report_markdown(results: ExperimentResults, metrics: Sequence[str] | None = 
         f"Data: `{d.get('root')}`: {len(d.get('users', []))} users ({', '.join(d.get('users', []))}), "
         f"{d.get('n_shared')} shared (cloaked) and {d.get('n_probes')} clean probe photos; "
         f"{d.get('n_distractor_identities')} distractor identities with {d.get('n_distractor_photos')} photos; "
-        f"seed {d.get('seed')}.\n"
+        f"seed {d.get('seed')}"
+        + (f"; every photo enlarged {d['upscale']:g}x (Lanczos).\n" if d.get("upscale", 1) != 1 else ".\n")
     )
     out.append(
         f"Cloak optimised against: {', '.join(results.cloak_models) or '-'}. Trackers: {', '.join(results.trackers)}."

@@ -34,6 +34,8 @@ class Setting:
         robust: whether the attack optimised through random platform distortions.
         seconds: wall time spent cloaking the shared photos.
         n_cloaked: shared photos in which a face was cloaked.
+        mean_steps: the optimisation steps a cloaked photo took, on average (fewer than
+            ``steps`` when photos stopped early; 0 before the photos are cloaked).
     """
 
     label: str
@@ -44,6 +46,7 @@ class Setting:
     robust: bool
     seconds: float = 0.0
     n_cloaked: int = 0
+    mean_steps: float = 0.0
 
 
 @dataclass
