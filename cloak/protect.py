@@ -267,7 +267,9 @@ def cloak_photos(
     A photo's faces are cloaked together over one region around them. Faces whose
     regions lie apart (people at both ends of a group photo) are cloaked as
     separate groups instead, each on a window of the photo around it with its own
-    seed, so the optimisation never touches the pixels between them.
+    seed, so the optimisation never touches the pixels between them. Faces larger than
+    ``attack.work_scale`` photo pixels per model pixel are cloaked on a shrunk copy of
+    their window, the cloak enlarged back to full resolution (:mod:`cloak.working_scale`).
 
     Args:
         photos: ``[H, W, 3]`` uint8 RGB photos.

@@ -69,9 +69,11 @@ def enlarge_cloak(attack: Attack, job: PhotoFaces, small: PhotoFaces, result: Cl
     x0, y0, x1, y1 = result.box
     delta = result.photo - small.photo
     bound = torch.zeros(1, 1, hs, ws, dtype=delta.dtype, device=delta.device)
-    if result.bound is not None:
-        bound[..., y0:y1, x0:x1] = result.bound
-    delta, bound = (F.interpolate(t if t.ndim == 4 else t[None], size=(h, w), mode="bilinear") for t in (delta, bound))
+    bound[..., y0:y1, x0:x1] = result.bound if result.bound is not None else attack.eps
+    delta, bound = (
+        F.interpolate(t if t.ndim == 4 else t[None], size=(h, w), mode="bilinear", align_corners=False)
+        for t in (delta, bound)
+    )
     # The region at full resolution: the small one's pixels, rounded outwards.
     box = (
         max(0, math.floor(x0 * w / ws)),

@@ -93,3 +93,15 @@ def synthetic_photo(seed: int, size: tuple[int, int] = (64, 72), dtype=None):
     if dtype is not None:
         photo, landmarks = photo.to(dtype), landmarks.to(dtype)
     return photo, landmarks
+
+
+def tiny_face(x: float, y: float, scale: float = 4.0):
+    """A detected face for the tiny embedder: its landmark template scaled by ``scale`` and moved to ``(x, y)``."""
+    import numpy as np
+
+    from cloak.detection import Face
+
+    template = np.array([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]])
+    landmarks = template * scale + np.array([x, y])
+    box = np.array([x + 3 * scale, y + 4 * scale, x + 17 * scale, y + 21 * scale])
+    return Face(box=box, score=0.99, landmarks=landmarks)

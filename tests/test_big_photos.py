@@ -7,24 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_face
 
 from cloak.alignment import align_faces
 from cloak.attacks import PGD, PhotoFaces, photo_seed
-from cloak.detection import Face
 from cloak.photos import to_tensor, to_uint8
 from cloak.protect import cloak_photos, jpeg_round_trip, measure, photo_quality, pixels_seed
 from cloak.quality import face_quality, psnr, ssim
 from cloak.windows import changed_box, merge_overlapping, window_around
-
-#: The tiny test embedder's landmark template (tests/conftest.py), in its 24x20 crop.
-TEMPLATE = np.array([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]])
-
-
-def _face(x: float, y: float, scale: float = 4.0) -> Face:
-    """A face whose landmarks are the tiny template scaled and moved to ``(x, y)``."""
-    landmarks = TEMPLATE * scale + np.array([x, y])
-    box = np.array([x + 3 * scale, y + 4 * scale, x + 17 * scale, y + 21 * scale])
-    return Face(box=box, score=0.99, landmarks=landmarks)
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -114,7 +104,7 @@ def test_photo_quality_equals_whole_photo_ssim_and_psnr(changed):
 def test_measure_on_windows_equals_the_whole_photo(spots, tiny_embedder):
     model = tiny_embedder(dtype=torch.float32)
     original = _photo(240, 496, seed=3)
-    faces = [_face(x, y) for x, y in spots]
+    faces = [tiny_face(x, y) for x, y in spots]
     boxes = [tuple(int(v) for v in np.clip(f.box, 0, None)) for f in faces]
     cloaked = _perturb(original, boxes, seed=4)
     report = measure(original, cloaked, faces, model)
@@ -141,7 +131,7 @@ def test_faces_close_together_are_cloaked_as_before(tiny_embedder):
     """One group: the attack runs on the whole photo with all faces, exactly as without grouping."""
     model = tiny_embedder(dtype=torch.float32)
     photo = _photo(160, 200, seed=5)
-    faces = [_face(30.0, 30.0), _face(90.0, 40.0)]
+    faces = [tiny_face(30.0, 30.0), tiny_face(90.0, 40.0)]
     attack = _attack()
     [cloaked] = cloak_photos([photo], [faces], attack, model)
     tensor = to_tensor(photo)
@@ -155,7 +145,7 @@ def test_faces_far_apart_are_cloaked_in_separate_regions(tiny_embedder):
     """Two groups: each face gets its own region; the pixels between them are never touched."""
     model = tiny_embedder(dtype=torch.float32)
     photo = _photo(200, 640, seed=6)
-    faces = [_face(20.0, 40.0), _face(520.0, 60.0)]
+    faces = [tiny_face(20.0, 40.0), tiny_face(520.0, 60.0)]
     steps: list[int] = []
     [cloaked] = cloak_photos([photo], [faces], _attack(steps=3), model, steps_taken=steps)
     assert steps == [3]
@@ -182,7 +172,7 @@ def test_one_face_on_a_big_photo_is_cloaked_on_a_window_as_on_the_whole_photo(ti
     model = tiny_embedder(dtype=torch.float32)
     photo = _photo(400, 640, seed=8)
     # Real landmarks: no integer scale, where the alignment's pooling factor (its floor) is one rounding away.
-    faces = [_face(300.37, 150.61, scale=4.3)]
+    faces = [tiny_face(300.37, 150.61, scale=4.3)]
     attack = _attack(steps=3)
     [cloaked] = cloak_photos([photo], [faces], attack, model)
     tensor = to_tensor(photo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_face
 
 from cloak.alignment import align_faces
 from cloak.attacks import PGD, PhotoFaces
@@ -13,15 +14,6 @@ from cloak.photos import to_tensor
 from cloak.protect import cloak_photos
 from cloak.quality import face_quality
 from cloak.working_scale import shrink_job, working_factor
-
-#: The tiny test embedder's landmark template (tests/conftest.py), in its 24x20 crop.
-TEMPLATE = np.array([[6.0, 8.0], [14.0, 8.0], [10.0, 12.0], [7.0, 17.0], [13.0, 17.0]])
-
-
-def _face(x: float, y: float, scale: float) -> Face:
-    landmarks = TEMPLATE * scale + np.array([x, y])
-    box = np.array([x + 3 * scale, y + 4 * scale, x + 17 * scale, y + 21 * scale])
-    return Face(box=box, score=0.99, landmarks=landmarks)
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -40,13 +32,13 @@ def _job(photo: np.ndarray, faces: list[Face]) -> PhotoFaces:
 
 def test_small_faces_are_cloaked_as_they_are(tiny_embedder):
     model = tiny_embedder(dtype=torch.float32)
-    job = _job(_photo(120, 160), [_face(40.0, 30.0, scale=1.5)])
+    job = _job(_photo(120, 160), [tiny_face(40.0, 30.0, scale=1.5)])
     assert working_factor(job, {"model": model}, work_scale=2.0) == 1.0
 
 
 def test_a_shrunk_job_shows_the_model_the_same_face(tiny_embedder):
     model = tiny_embedder(dtype=torch.float32)
-    job = _job(_photo(480, 640, seed=1), [_face(200.3, 120.7, scale=12.0)])
+    job = _job(_photo(480, 640, seed=1), [tiny_face(200.3, 120.7, scale=12.0)])
     factor = working_factor(job, {"model": model}, work_scale=2.0)
     assert factor == pytest.approx(2.0 / 12.0, rel=1e-3)
     small = shrink_job(job, factor)
@@ -65,7 +57,7 @@ def test_a_shrunk_job_shows_the_model_the_same_face(tiny_embedder):
 def test_a_large_face_is_cloaked_at_full_resolution_within_its_bounds(tiny_embedder):
     model = tiny_embedder(dtype=torch.float32)
     photo = _photo(480, 640, seed=2)
-    faces = [_face(200.3, 120.7, scale=12.0)]
+    faces = [tiny_face(200.3, 120.7, scale=12.0)]
     eps = 8.0
     attack = PGD(eps=eps, steps=6, max_dssim=None, min_face_ssim=0.97, transform=None, work_scale=2.0)
     [cloaked] = cloak_photos([photo], [faces], attack, model)

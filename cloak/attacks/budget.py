@@ -156,6 +156,7 @@ class FaceBudget:
         local SSIM below the limit over each face box's pixels, divided by the
         percentile's share (0.05), so it reads as the shortfall of the worst 5%.
         For ``min_face_ssim``: ``ssim_p5_weight`` times each face's shortfall.
+        ``clean`` must be the same region at every call: its local moments are kept.
         """
         total = adv.new_zeros(())
         if self._reference is None:
