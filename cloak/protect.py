@@ -64,8 +64,10 @@ class FaceReport:
     The image quality of the face itself, measured on its box grown by
     :data:`~cloak.quality.FACE_BOX_GROWTH` (see :func:`cloak.quality.face_quality`):
     ``ssim`` (mean), ``ssim_p5`` (5th percentile of the local SSIM map: texture
-    on flat skin shows there first), ``psnr`` (dB) and ``perceptual`` (HaarPSI,
-    1 = identical; None for faces under 16 pixels).
+    on flat skin shows there first), ``psnr`` (dB), ``perceptual`` (HaarPSI,
+    1 = identical; None for faces under 16 pixels) and ``color_shift`` (mean a*b*
+    distance in CIELAB after a blur, :func:`cloak.quality.color_shift`: tinted patches,
+    which the others miss; 0 = same colours).
     """
 
     box: list[float]
@@ -77,6 +79,7 @@ class FaceReport:
     ssim_p5: float | None = None
     psnr: float | None = None
     perceptual: float | None = None
+    color_shift: float | None = None
 
 
 @dataclass
@@ -249,7 +252,7 @@ def _measure_window(
     quality = face_quality(a, b, boxes[idx] - shift, growth=FACE_BOX_GROWTH)
     for i, values in zip(idx, zip(*quality)):
         r = reports[i]
-        r.ssim, r.ssim_p5, r.psnr, perceptual = (float(v) for v in values)
+        r.ssim, r.ssim_p5, r.psnr, perceptual, r.color_shift = (float(v) for v in values)
         r.perceptual = None if np.isnan(perceptual) else perceptual
 
 

@@ -225,6 +225,49 @@ def dssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tenso
     return (1.0 - ssim(a, b, max_val=max_val)) / 2.0
 
 
+#: Gaussian sigma (pixels) of the blur before :func:`color_shift`: the eye sees a colour
+#: change as a patch, not pixel by pixel.
+COLOR_SHIFT_SIGMA = 2.0
+
+
+def color_shift(
+    a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0, sigma: float = COLOR_SHIFT_SIGMA
+) -> torch.Tensor:
+    """Mean change of colour (not of lightness) per image: CIE76 distance in the a*b* plane of CIELAB.
+
+    Both images are Gaussian-blurred first (``sigma`` pixels), so the measure sees
+    the tinted patches a smooth cloak can leave (green irises, magenta cheeks), which
+    SSIM, computed per RGB channel, and HaarPSI barely register. About 1 is at the
+    edge of what people notice side by side; 0 for two images of the same colours.
+
+    Args:
+        a: first image(s), values in ``[0, max_val]``.
+        b: second image(s), same shape as ``a``.
+        max_val: the data range.
+        sigma: the blur, in pixels.
+
+    Returns:
+        The mean a*b* distance of each image pair (CIELAB units).
+
+    Raises:
+        ValueError: if the shapes differ or are not ``[3, H, W]`` / ``[B, 3, H, W]``.
+
+    Shape:
+        - a: :math:`(B, 3, H, W)` or :math:`(3, H, W)`
+        - b: same as ``a``
+        - Output: :math:`(B,)`, with :math:`B = 1` for unbatched inputs
+    """
+    a, b = _batched(a, b)
+    k = max(3, 2 * math.ceil(3 * sigma) + 1)
+    if min(a.shape[-2:]) <= k // 2:
+        k = 2 * ((min(a.shape[-2:]) - 1) // 2) + 1  # small crops: the widest window reflect padding allows
+    lab = [
+        kornia.color.rgb_to_lab(kornia.filters.gaussian_blur2d(x / max_val, (k, k), (sigma, sigma)).clamp(0, 1))
+        for x in (a, b)
+    ]
+    return (lab[0][:, 1:] - lab[1][:, 1:]).norm(dim=1).mean(dim=(1, 2))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB: ``10 * log10(max_val**2 / MSE)``.
 
@@ -295,12 +338,14 @@ class FaceQuality(NamedTuple):
         psnr: PSNR over the box, in dB (``inf`` where nothing changed).
         perceptual: HaarPSI over the box (1 for identical; ``nan`` for boxes under
             :data:`HAARPSI_MIN_SIZE` pixels a side).
+        color_shift: :func:`color_shift` over the box (0 for no change of colour).
     """
 
     ssim: torch.Tensor
     ssim_p5: torch.Tensor
     psnr: torch.Tensor
     perceptual: torch.Tensor
+    color_shift: torch.Tensor
 
 
 def grow_boxes(boxes: torch.Tensor, growth: float, size: tuple[int, int]) -> torch.Tensor:
@@ -348,7 +393,7 @@ def face_quality(
     growth: float = FACE_BOX_GROWTH,
     max_val: float = 1.0,
 ) -> FaceQuality:
-    """SSIM, 5th-percentile local SSIM, PSNR and HaarPSI of each face's region of a photo.
+    """SSIM, 5th-percentile local SSIM, PSNR, HaarPSI and colour shift of each face's region of a photo.
 
     Each metric is computed on the crop of the face's box grown by ``growth``
     (so a box covering the whole image gives the whole-image metrics). Runs on
@@ -390,5 +435,6 @@ def face_quality(
             fields["perceptual"].append(haarpsi(ca, cb, max_val=max_val).to(a.dtype))
         else:
             fields["perceptual"].append(torch.full((1,), math.nan, dtype=a.dtype, device=a.device))
+        fields["color_shift"].append(color_shift(ca, cb, max_val=max_val))
     empty = a.new_zeros(0)
     return FaceQuality(**{name: torch.cat(v) if v else empty for name, v in fields.items()})

@@ -6,7 +6,7 @@ from itertools import pairwise
 import pytest
 import torch
 
-from cloak.quality import LocalSSIM, dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
+from cloak.quality import LocalSSIM, color_shift, dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:
@@ -130,6 +130,20 @@ def test_local_ssim_against_a_fixed_reference_equals_ssim_map_and_its_gradient()
     torch.testing.assert_close(g_fast, g_slow, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="must have shape"):
         LocalSSIM(reference)(images[:, :, :20])
+
+
+def test_colour_shift_sees_a_tint_that_ssim_barely_sees():
+    """A smooth green-magenta tint moves the colour measure far more than a grey change of the same size."""
+    x = 0.2 + 0.6 * _image(0, (48, 48))
+    y, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    wave = 0.03 * torch.sin(xx / 6.0) * torch.cos(y / 7.0)
+    tint = (x + wave * torch.tensor([1.0, -1.0, 1.0], dtype=x.dtype).view(3, 1, 1)).clamp(0, 1)
+    grey = (x + wave).clamp(0, 1)
+    assert float(color_shift(x, x)[0]) == 0.0
+    assert float(color_shift(x, tint)[0]) > 5 * float(color_shift(x, grey)[0])
+    assert float(ssim(x, tint)[0]) > 0.97, "SSIM barely moves under the tint"
+    q = face_quality(x, tint, torch.tensor([[0.0, 0.0, 48.0, 48.0]]))
+    assert float(q.color_shift[0]) == pytest.approx(float(color_shift(x, tint)[0]))
 
 
 def test_percentile_is_below_the_mean_on_a_textured_cloak_on_flat_skin():
