@@ -116,6 +116,11 @@ def test_quality_row_measures_the_faces_where_the_photo_dilutes_the_change():
     whole = Face(box=np.array([0.0, 0.0, 96.0, 96.0]), score=1.0, landmarks=np.zeros((5, 2)))
     w = quality_row("s", "cloak", [photo], [changed], [[whole]])
     assert w.face_ssim == pytest.approx(w.ssim, abs=1e-6) and w.face_psnr == pytest.approx(w.psnr, rel=1e-6)
+    # Colour: a change that is the same on R, G and B moves it far less than one that is not.
+    grey = photo.copy()
+    grey[30:60, 30:60] = np.clip(photo[30:60, 30:60].astype(int) + noise[..., :1], 0, 255).astype(np.uint8)
+    g = quality_row("s", "cloak", [photo], [grey], [[face]])
+    assert 0 <= g.face_color_shift < q.face_color_shift / 2
 
 
 class _CountingPipeline:

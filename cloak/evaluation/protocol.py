@@ -105,6 +105,7 @@ def quality_row(
         face_ssim_min=float(f["ssim"].min()) if n_faces else None,
         face_ssim_p5_min=float(f["ssim_p5"].min()) if n_faces else None,
         n_faces=n_faces,
+        face_color_shift=float(f["color_shift"].mean()) if n_faces else None,
     )
 
 

@@ -101,6 +101,8 @@ class QualityRow:
             background. ``face_ssim_p5`` is the 5th percentile of the local SSIM map
             (texture on flat skin shows there first). None when no face was measured.
         face_ssim_min, face_ssim_p5_min: the worst face's.
+        face_color_shift: mean over the faces of their change of colour
+            (:func:`cloak.quality.color_shift`; 0 on grey photos with a grey cloak).
     """
 
     setting: str
@@ -117,6 +119,7 @@ class QualityRow:
     face_ssim_min: float | None = None
     face_ssim_p5_min: float | None = None
     n_faces: int = 0
+    face_color_shift: float | None = None
 
 
 @dataclass
