@@ -32,6 +32,8 @@ import kornia
 import piq
 import torch
 
+from cloak.transforms import smooth
+
 #: Side of the Gaussian SSIM window (sigma 1.5), the standard of Wang et al. (2004).
 SSIM_WINDOW = 11
 #: A face box grows by this fraction of its size (half on each side) before it is measured.
@@ -258,13 +260,7 @@ def color_shift(
         - Output: :math:`(B,)`, with :math:`B = 1` for unbatched inputs
     """
     a, b = _batched(a, b)
-    k = max(3, 2 * math.ceil(3 * sigma) + 1)
-    if min(a.shape[-2:]) <= k // 2:
-        k = 2 * ((min(a.shape[-2:]) - 1) // 2) + 1  # small crops: the widest window reflect padding allows
-    lab = [
-        kornia.color.rgb_to_lab(kornia.filters.gaussian_blur2d(x / max_val, (k, k), (sigma, sigma)).clamp(0, 1))
-        for x in (a, b)
-    ]
+    lab = [kornia.color.rgb_to_lab(smooth(x / max_val, sigma).clamp(0, 1)) for x in (a, b)]
     return (lab[0][:, 1:] - lab[1][:, 1:]).norm(dim=1).mean(dim=(1, 2))
 
 

@@ -88,6 +88,17 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma))
 
 
+def smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur (about 3 sigma each side) with replicated borders, for images of any size.
+
+    Shape:
+        - image: :math:`(B, C, H, W)`
+        - Output: :math:`(B, C, H, W)`
+    """
+    k = gaussian_kernel_size(sigma)
+    return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma), border_type="replicate")
+
+
 def jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
     """kornia's differentiable JPEG encode-decode at one quality.
 

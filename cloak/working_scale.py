@@ -32,10 +32,7 @@ def working_factor(job: PhotoFaces, models: dict[str, FaceEmbedder], work_scale:
 
     1 when its faces are small enough already (every LFW photo): the job is cloaked as it is.
     """
-    region = face_region(job, models)
-    # Each alignment matrix maps model pixels to photo pixels; its scale is sqrt(|det|).
-    scales = torch.cat([m[:, :, :2].det().abs().sqrt() for m in region.matrices.values()])
-    return min(1.0, work_scale / float(scales.min()))
+    return min(1.0, work_scale / face_region(job, models).model_pixel_scale)
 
 
 def shrink_job(job: PhotoFaces, factor: float) -> PhotoFaces:

@@ -385,8 +385,7 @@ class Attack:
         if self.perturbation_sigma > 0:
             # Region pixels per model-input pixel: the scale of each face's alignment; the
             # smallest face sets it, so no face loses the detail its model sees.
-            scales = torch.cat([m[:, :, :2].det().abs().sqrt() for m in region.matrices.values()])
-            blur = self.perturbation_sigma * float(scales.min())
+            blur = self.perturbation_sigma * region.model_pixel_scale
         chroma = chroma_map(clean).clamp_max(self.max_chroma) if self.color == "auto" else None
         return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3, chroma=chroma)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cloak.attacks.masking import smooth
 from cloak.quality import FACE_BOX_GROWTH, LOCAL_SSIM_PERCENTILE, LocalSSIM, dssim, grow_boxes, ssim_map
+from cloak.transforms import smooth
 
 #: Colour spaces a cloak can live in: all three channels; luma only (grey: the same change on
 #: R, G, B); or auto: colour only as far as the photo is coloured there (:func:`chroma_map`).

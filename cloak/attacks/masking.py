@@ -24,10 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import kornia
 import torch
 
-from cloak.transforms import gaussian_kernel_size
+from cloak.transforms import smooth
 
 #: Rec. 601 luma weights of R, G, B.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -55,17 +54,6 @@ def luma(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"image must be a [B, 3, H, W] RGB tensor, got {getattr(image, 'shape', type(image))}")
     weights = torch.tensor(LUMA_WEIGHTS, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     return (image * weights).sum(dim=1, keepdim=True)
-
-
-def smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur (about 3 sigma each side) with replicated borders, for images of any size.
-
-    Shape:
-        - image: :math:`(B, C, H, W)`
-        - Output: :math:`(B, C, H, W)`
-    """
-    k = gaussian_kernel_size(sigma)
-    return kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma), border_type="replicate")
 
 
 #: Colourfulness (RMS of R, G, B about their mean, in [0, 1] units, Gaussian-averaged) at

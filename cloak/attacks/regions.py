@@ -57,6 +57,14 @@ class Region:
     mask: torch.Tensor
     matrices: dict[str, torch.Tensor]
 
+    @property
+    def model_pixel_scale(self) -> float:
+        """Region pixels per model-input pixel of its smallest face in any model's crop.
+
+        Each matrix maps model pixels to region pixels; its scale is ``sqrt(|det|)``.
+        """
+        return float(torch.cat([m[:, :, :2].det().abs().sqrt() for m in self.matrices.values()]).min())
+
     def crop(self, photo: torch.Tensor) -> torch.Tensor:
         """The region's pixels of a ``[3, H, W]`` photo."""
         x0, y0, x1, y1 = self.box
