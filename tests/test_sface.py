@@ -25,6 +25,7 @@ from cloak.models.sface import (
     SFaceFormatError,
     default_weights_path,
     load_sface,
+    prelu,
     read_sface_onnx,
 )
 from cloak.models.weights import WeightsUnavailableError
@@ -193,6 +194,29 @@ def test_gradients_reach_the_input(model, faces):
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert x.grad.abs().sum(dim=(1, 2, 3)).min() > 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_prelu_equals_torch_prelu_in_values_and_gradients(channels_last):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 5, 4, 3, generator=gen, dtype=torch.float64)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    slope = torch.rand(5, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(2, 5, 4, 3, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (prelu, torch.nn.functional.prelu):
+        a, s = y.clone().requires_grad_(True), slope.clone().requires_grad_(True)
+        out = fn(a, s)
+        grads.append((out, *torch.autograd.grad((out * upstream).sum(), [a, s])))
+    for ours, torchs in zip(*grads):
+        torch.testing.assert_close(ours, torchs)
+    assert torch.autograd.gradcheck(prelu, (y.clone().requires_grad_(True), slope.clone().requires_grad_(True)))
+
+
+def test_prelu_refuses_a_slope_of_the_wrong_size():
+    with pytest.raises(ValueError, match="slope"):
+        prelu(torch.zeros(1, 4, 2, 2), torch.zeros(3))
 
 
 def test_verification_auc_on_lfw_dev(model, lfw_dev):

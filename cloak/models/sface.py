@@ -51,6 +51,7 @@ __all__ = [
     "SFaceParameters",
     "default_weights_path",
     "load_sface",
+    "prelu",
     "read_sface_onnx",
 ]
 
@@ -148,11 +149,43 @@ class _ConvPReLU(nn.Module):
         self.prelu = nn.PReLU(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        # PReLU as relu(y) - slope * relu(-y): the same values and gradients (input and slope),
-        # but torch's fused PReLU backward on a CPU took over half of SFace's forward+backward
-        # time, and this form's forward+backward is 10% faster than y * where(y > 0, 1, slope).
-        return torch.relu(y) - self.prelu.weight.view(1, -1, 1, 1) * torch.relu(-y)
+        return prelu(self.conv(x), self.prelu.weight)
+
+
+class _PReLU(torch.autograd.Function):
+    """PReLU whose backward is one multiplication by the factor its forward kept.
+
+    Composed of autograd ops, PReLU costs about ten passes over each activation per
+    forward+backward (torch's own CPU backward is slower still); this costs three, and
+    the attack's steps run about 8% faster.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        factor = torch.where(y > 0, 1.0, slope.view(1, -1, 1, 1).to(y.dtype))
+        ctx.save_for_backward(factor, y if ctx.needs_input_grad[1] else None)
+        return y * factor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        factor, y = ctx.saved_tensors
+        grad_slope = None
+        if ctx.needs_input_grad[1]:  # only when the weights train (never in an attack)
+            grad_slope = (grad * y).where(y <= 0, 0.0).sum((0, 2, 3))
+        return grad * factor if ctx.needs_input_grad[0] else None, grad_slope
+
+
+def prelu(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """Per-channel PReLU, ``y`` where positive and ``slope * y`` elsewhere, with a lean backward.
+
+    Shape:
+        - y: :math:`(B, C, H, W)`
+        - slope: :math:`(C,)`
+        - Output: :math:`(B, C, H, W)`
+    """
+    if y.ndim != 4 or slope.shape != (y.shape[1],):
+        raise ValueError(f"prelu expects y [B, C, H, W] and slope [C], got {list(y.shape)} and {list(slope.shape)}")
+    return _PReLU.apply(y, slope)
 
 
 @dataclass
