@@ -72,6 +72,8 @@ def test_folder_is_cloaked_safely_and_reported(photos, caplog):
     assert "notes.txt" not in report
     # The summary says what one photo's numbers cannot promise, and where the measurements are.
     assert "necessary, not sufficient" in caplog.text and "Limits" in caplog.text
+    # And the face's colour shift, which SSIM does not see, as report.json has it.
+    assert f"largest {face['color_shift']:.2f}" in caplog.text
 
 
 def test_rerun_skips_done_photos_and_overwrite_redoes_them(photos):
