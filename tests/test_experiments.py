@@ -429,6 +429,17 @@ def _fake_results() -> ExperimentResults:
     return res
 
 
+def test_relation_is_per_setting_in_a_sweep_over_models():
+    res = _fake_results()
+    for row in res.protection:
+        if row.setting == "b":
+            row.relation = "cross"  # setting b's cloak was made with another model
+    assert res.relation_of("dlib_resnet", "a") == "same" and res.relation_of("dlib_resnet", "b") == "cross"
+    assert res.relation_of("dlib_resnet") == ""  # no one relation for the whole run
+    assert headline_rows(res, "b")[1][0][0] == "dlib_resnet (cross)"
+    assert headline_rows(res, "a")[1][0][0] == "dlib_resnet (same)"
+
+
 def test_headline_table_on_fake_numbers():
     header, rows = headline_rows(_fake_results(), "a")
     assert header[:5] == ["tracker", "transform", "cloak 1-NN", "cloak rank-1", "no cloak 1-NN"]

@@ -75,7 +75,7 @@ def plot_protection(
             ax.set_xticklabels(transforms, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("protection", fontsize=8)
-            ax.set_title(f"{tracker} ({results.relation_of(tracker)}), {METRIC_NAMES.get(metric, metric)}", fontsize=9)
+            ax.set_title(f"{_tracker_label(results, tracker)}, {METRIC_NAMES.get(metric, metric)}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, ncol=3, loc="upper right")
@@ -84,6 +84,12 @@ def plot_protection(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _tracker_label(results: ExperimentResults, tracker: str) -> str:
+    """``tracker (relation)``; the bare name where settings relate to it differently (a sweep over models)."""
+    rel = results.relation_of(tracker)
+    return f"{tracker} ({rel})" if rel else tracker
 
 
 def _seen_ssim(q: QualityRow) -> float:
@@ -215,9 +221,7 @@ def plot_robustness(results: ExperimentResults, path: Path, metrics: Sequence[st
             ax.set_ylim(-0.02, 1.02)
             ax.invert_xaxis()
             ax.grid(alpha=0.3)
-            ax.set_title(
-                f"{tracker} ({results.relation_of(tracker)}): {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8
-            )
+            ax.set_title(f"{_tracker_label(results, tracker)}: {title}, {METRIC_NAMES.get(metric, metric)}", fontsize=8)
     axes[0, -1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -100,7 +100,7 @@ def headline_rows(results: ExperimentResults, setting: str) -> tuple[list[str], 
     q = results.quality_of(setting, "cloak")
     rows = []
     for tracker in results.measured_trackers():
-        rel = results.relation_of(tracker)
+        rel = results.relation_of(tracker, setting)
         for transform in results.measured_transforms():
             name = f"{transform} (tracker-side)" if transform in results.tracker_side_transforms else transform
             row = [f"{tracker} ({rel})" if rel else tracker, name]

@@ -183,9 +183,15 @@ class ExperimentResults:
         seen = {r.transform for r in self.protection}
         return [t for t in self.transforms if t in seen]
 
-    def relation_of(self, tracker: str) -> str:
-        """``same``, ``pipeline`` or ``cross`` (see :class:`ProtectionRow`), or ``""`` before any measurement."""
-        return next((r.relation for r in self.protection if r.tracker == tracker), "")
+    def relation_of(self, tracker: str, setting: str | None = None) -> str:
+        """``same``, ``pipeline`` or ``cross`` (see :class:`ProtectionRow`) in ``setting``.
+
+        Without a setting: the relation every setting shares, or ``""`` where settings
+        differ (a sweep over ``model=``: one family is ``same`` for one cloak and
+        ``cross`` for another). ``""`` before any measurement.
+        """
+        found = {r.relation for r in self.protection if r.tracker == tracker and setting in (None, r.setting)}
+        return found.pop() if len(found) == 1 else ""
 
     def chosen_metrics(self, metrics: Sequence[str] | None) -> list[str]:
         """Those of ``metrics`` the run measured (default: all it measured); at least its first."""
