@@ -1,10 +1,13 @@
 """Invariants of every attack, on tiny random-weight models (torchattacks-style)."""
 
+import itertools
+
 import pytest
 import torch
 from conftest import synthetic_photo
 
 from cloak.attacks import PGD, Fawkes, LowKey, PhotoFaces, photo_seed
+from cloak.attacks.base import step_sizes
 from cloak.attacks.masking import VisualMasking
 from cloak.models.ensemble import Ensemble
 from cloak.transforms import RobustTransform
@@ -75,12 +78,12 @@ def test_attack_reduces_its_loss(name, tiny_embedder):
         assert sum(s.loss) < sum(w.loss) - 1e-3, f"{name}: loss {sum(w.loss):.4f} -> {sum(s.loss):.4f}"
 
 
-TRANSFER = {"momentum": {"momentum": 0.9}, "diversity": {"input_diversity": 1.0}}
+TRANSFER = {"momentum": {"momentum": 0.9}, "diversity": {"input_diversity": 1.0}, "cosine": {"step_schedule": "cosine"}}
 
 
 @pytest.mark.parametrize("technique", sorted(TRANSFER))
 def test_transfer_techniques_keep_the_invariants(technique, tiny_embedder):
-    """Momentum and input diversity change the steps, never the budget, the range or batch independence."""
+    """Momentum, input diversity and the step schedule change the steps, never the budget, the range or batch independence."""
     model = tiny_embedder(dtype=torch.float64)
     photos = _photos(2)
     before = [p.photo.clone() for p in photos]
@@ -94,6 +97,16 @@ def test_transfer_techniques_keep_the_invariants(technique, tiny_embedder):
         assert r.photo.min() >= 0 and r.photo.max() <= 1
         assert not torch.equal(r.photo, q.photo), f"{technique} changed nothing"
         assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 40])
+def test_step_schedules_keep_the_mean_step(steps):
+    constant, cosine = step_sizes(0.5, steps, "constant"), step_sizes(0.5, steps, "cosine")
+    assert constant == [0.5] * steps
+    assert all(a > b for a, b in itertools.pairwise(cosine)) and min(cosine) > 0
+    assert sum(cosine) / steps == pytest.approx(0.5)
+    if steps > 1:  # large steps first, small ones last
+        assert cosine[0] > 0.9 and cosine[-1] < 0.1
 
 
 def test_early_stopping_stops_each_photo_once_past_the_threshold(tiny_embedder):
@@ -193,6 +206,8 @@ def test_bad_parameters_are_refused():
         PGD(color="cmyk")
     with pytest.raises(ValueError, match="floor"):
         PGD(masking=VisualMasking(floor=0))
+    with pytest.raises(ValueError, match="step_schedule"):
+        PGD(step_schedule="linear")
     with pytest.raises(ValueError, match="smooth_prob"):
         LowKey(smooth_prob=1.5)
     with pytest.raises(FileNotFoundError, match="target_dir"):

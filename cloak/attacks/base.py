@@ -13,6 +13,7 @@ region's DSSIM, each face's 5th-percentile local SSIM; see
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,25 @@ BUDGET_CHECK_EVERY = 5
 
 #: A view of the ensemble: name -> (embedder, weight). Attacks may add views (smoothed copies).
 Views = dict[str, tuple[FaceEmbedder, float]]
+
+#: How the step size changes over the steps (see :func:`step_sizes`).
+STEP_SCHEDULES = ("constant", "cosine")
+
+
+def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
+    """The size of each of ``steps`` sign steps; their mean is ``step_size`` for every schedule.
+
+    ``constant``: ``step_size`` throughout. ``cosine``: ``step_size * (1 + cos(pi (t + 1/2) / steps))``
+    at step ``t``, nearly twice the mean at the first step and near 0 at the last. Under a face budget the
+    steps of a constant size keep overshooting the budget and being pushed back, and
+    the final bisection has to shrink the overshoot away; steps that shrink settle on
+    the budget instead.
+    """
+    if schedule not in STEP_SCHEDULES:
+        raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
+    if schedule == "constant":
+        return [step_size] * steps
+    return [step_size * (1 + math.cos(math.pi * (t + 0.5) / steps)) for t in range(steps)]
 
 
 @dataclass
@@ -66,7 +86,9 @@ class Attack:
         eps: L-inf bound of the cloak, in 0-255 pixel units (where ``masking`` allows
             all of it; elsewhere ``eps`` times the masking map).
         steps: gradient steps.
-        step_size: step in 0-255 pixel units; default ``2.5 * eps / steps``.
+        step_size: mean step in 0-255 pixel units; default ``2.5 * eps / steps``.
+        step_schedule: how the step size changes over the steps, ``constant`` or
+            ``cosine`` (from twice ``step_size`` down to near 0; see :func:`step_sizes`).
         max_dssim: perceptual budget on the cloak's region (DSSIM = (1 - SSIM) / 2,
             mean over the region); ``None`` for none. Enforced by a penalty while
             optimising and by shrinking the cloak at the end.
@@ -141,6 +163,7 @@ class Attack:
         min_steps: int = 10,
         work_scale: float | None = None,
         max_chroma: float = 1.0,
+        step_schedule: str = "constant",
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -193,6 +216,9 @@ class Attack:
         if not 0 <= max_chroma <= 1:
             raise ValueError(f"max_chroma must be in [0, 1], got {max_chroma}")
         self.max_chroma = float(max_chroma)
+        if step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}")
+        self.step_schedule = step_schedule
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -258,6 +284,7 @@ class Attack:
         ]
         velocity = [torch.zeros_like(d) for d in deltas]
         stopping = _EarlyStop(self, [len(p.landmarks) for p in photos])
+        sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
 
         for step in range(self.steps):
             active = self.active_views(views, step_gen)
@@ -288,7 +315,7 @@ class Attack:
                         # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
                         v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
                         g = v
-                    d -= self.step_size * g.sign()
+                    d -= sizes[step] * g.sign()
                     d.clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)
