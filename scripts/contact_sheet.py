@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--astronaut", action="store_true", help="add the public-domain astronaut photo")
     parser.add_argument("--panel", type=int, default=192, help="side of each panel in pixels")
     parser.add_argument("--out", type=Path, default=Path("contact-sheet.png"))
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options, as in the usage above
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = [a for a in args.inputs if "=" in a and not Path(a).exists()]
     paths = gather([Path(a) for a in args.inputs if a not in overrides], args.first)

@@ -275,13 +275,14 @@ def test_entry_overrides_compose_after_the_runs_own():
     run = ("experiment=strength_sweep", "strength.steps=3", "attack=pgd")
     settings = _settings(*run)
     assert all(s.cfg.strength.steps == 3 and s.cfg.attack._target_.endswith("PGD") for s in settings)
-    assert settings[2].cfg.strength.eps == 16  # [strength=high] swapped the group; the run's steps still apply
+    high = load_config(["strength=high"]).strength
+    assert settings[2].cfg.strength.eps == high.eps  # [strength=high] swapped the group; the run's steps still apply
     assert settings[0].label == "pgd/low/robust" and settings[3].label == "eps2"
     robust = _settings("experiment=robustness_sweep", "strength=high", "transform=none")
     assert [(s.cfg.attack._target_.rsplit(".", 1)[1], s.cfg.transform.jpeg_prob > 0) for s in robust] == [
         (a, r) for a in ("LowKey", "PGD", "Fawkes") for r in (True, False)
     ]
-    assert all(s.cfg.strength.eps == 16 for s in robust)
+    assert all(s.cfg.strength.eps == high.eps for s in robust)
 
 
 def test_without_a_sweep_the_run_is_one_setting_labelled_by_its_choices():
