@@ -298,6 +298,36 @@ def test_masking_projects_the_bound_per_pixel(tiny_embedder):
     assert delta.abs().amax(0)[~flat[0]].max() > 4 / 255, "texture got no more than flat skin"
 
 
+def test_background_eps_caps_the_cloak_outside_the_grown_face_boxes(tiny_embedder):
+    """background_eps: full eps on the faces; beside them background_eps, cut to the masking floor on flat areas."""
+    model = tiny_embedder(dtype=torch.float64)
+    photo, landmarks = synthetic_photo(3, size=(120, 140), dtype=torch.float64)
+    box = torch.cat([landmarks.amin(1), landmarks.amax(1)], dim=1)  # tight: leaves room beside it
+    x0, y0, x1, y1 = box[0].tolist()
+    gx, gy = 0.05 * (x1 - x0), 0.05 * (y1 - y0)
+    m = 3  # past the grown box and its feathered edge (a pixel wide on a face this small)
+    away = torch.ones(photo.shape[-2:], dtype=torch.bool)
+    away[max(0, int(y0 - gy) - m) : int(y1 + gy) + m, max(0, int(x0 - gx) - m) : int(x1 + gx) + m] = False
+    # A flat mid-grey wall left of the face; its first columns see the face's texture in their window.
+    wall = int(x0 - gx) - m
+    photo[:, :, :wall] = 0.5
+    faces = PhotoFaces(photo, landmarks, seed=1, boxes=box)
+    result = PGD(eps=16, steps=6, max_dssim=None, background_eps=8)(model, [faces])[0]
+    change = (result.photo - photo).abs().amax(0) * 255
+    inside = change[int(y0 + gy) : int(y1 - gy), int(x0 + gx) : int(x1 - gx)]
+    assert 8 < float(inside.max()) <= 16 + 1e-6, "the face did not get the full eps"
+    assert 0 < float(change[away].max()) <= 8 + 1e-6, f"beside the face: {float(change[away].max()):.2f} levels"
+    floor = 8 * VisualMasking().floor  # at mid grey there is no luminance masking
+    flat = change[:, : wall - 5]
+    assert 0 < float(flat.max()) <= floor + 1e-6, "a flat wall got more than the masking floor's share"
+    # Without boxes there is nothing to measure against: eps everywhere, as before.
+    plain = PGD(eps=16, steps=6, max_dssim=None, background_eps=8)(model, [PhotoFaces(photo, landmarks, seed=1)])[0]
+    uncapped = PGD(eps=16, steps=6, max_dssim=None)(model, [PhotoFaces(photo, landmarks, seed=1)])[0]
+    assert torch.equal(plain.photo, uncapped.photo)
+    with pytest.raises(ValueError, match="background_eps"):
+        PGD(background_eps=0)
+
+
 @pytest.mark.parametrize("with_boxes", [True, False])
 def test_face_ssim_budgets_enforced(with_boxes, tiny_embedder):
     from cloak.quality import face_quality, ssim, ssim_percentile

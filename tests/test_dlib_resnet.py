@@ -100,6 +100,30 @@ def test_gradient_reaches_input() -> None:
     assert grad.abs().max() > 0, "the input gradient is all zeros"
 
 
+def test_folding_the_affines_into_the_convolutions_keeps_the_network() -> None:
+    """Loading folds each affine (frozen batch norm) into its convolution: same descriptors, same gradients."""
+    from cloak.models.dlib_resnet import _Affine
+
+    torch.manual_seed(0)
+    model = DlibResNet().double().eval()
+    affines = [m for m in model.modules() if isinstance(m, _Affine)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for a in affines:
+            a.gamma.uniform_(0.5, 1.5)
+            a.beta.normal_(0, 0.1)
+    faces = torch.rand(2, 3, 150, 150, dtype=torch.float64, requires_grad=True)
+    before = model.descriptor(faces)
+    (grad_before,) = torch.autograd.grad(before.sum(), faces)
+    for a, c in zip(affines, convs, strict=True):
+        a.fold_into(c)
+    after = model.descriptor(faces)
+    (grad_after,) = torch.autograd.grad(after.sum(), faces)
+    assert all(a.folded for a in affines)
+    torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_after, grad_before, rtol=1e-8, atol=1e-12)
+
+
 def test_reader_primitives() -> None:
     # dlib's encodings of 0, -5 and 300 as int, and the float 0.04 (mantissa 0xa3d70a, exponent -28).
     reader = DlibReader(bytes.fromhex("01008105022c01030ad7a3811c31"), "primitives")

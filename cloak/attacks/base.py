@@ -26,7 +26,7 @@ from cloak.attacks.regions import PhotoFaces, Region, face_region
 from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
-from cloak.quality import dssim
+from cloak.quality import FACE_BOX_GROWTH, dssim
 from cloak.transforms import Distortion, RobustTransform, shrink_crop
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ BUDGET_CHECK_EVERY = 5
 
 #: A view of the ensemble: name -> (embedder, weight). Attacks may add views (smoothed copies).
 Views = dict[str, tuple[FaceEmbedder, float]]
+
+#: Visual masking of the background's cap (``background_eps``): full in hair and texture,
+#: a quarter on flat walls and sky.
+BACKGROUND_MASKING = VisualMasking()
 
 #: How the step size changes over the steps (see :func:`step_sizes`).
 STEP_SCHEDULES = ("constant", "cosine")
@@ -135,6 +139,11 @@ class Attack:
             cloaked on a copy shrunk to that scale and the cloak enlarged back
             (:mod:`cloak.working_scale`, used by :func:`~cloak.protect.cloak_photos`);
             ``None`` cloaks every face on the photo's own pixels.
+        background_eps: L-inf bound (0-255) outside the faces' boxes grown 10%, where the
+            face budget does not look (background, hair, neck, in the models' crops), times
+            the visual masking map there (full in hair and texture, a quarter on a flat
+            wall); ``None`` for ``eps`` everywhere. Needs the faces' ``boxes``; no effect at or
+            above ``eps``.
     """
 
     name = "attack"
@@ -162,6 +171,7 @@ class Attack:
         stop_margin: float | None = None,
         min_steps: int = 10,
         work_scale: float | None = None,
+        background_eps: float | None = None,
         max_chroma: float = 1.0,
         step_schedule: str = "constant",
     ) -> None:
@@ -219,6 +229,9 @@ class Attack:
         if step_schedule not in STEP_SCHEDULES:
             raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}")
         self.step_schedule = step_schedule
+        if background_eps is not None and background_eps <= 0:
+            raise ValueError(f"background_eps must be positive (0-255 pixel units) or null, got {background_eps}")
+        self.background_eps = None if background_eps is None else float(background_eps) / 255.0
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -275,7 +288,7 @@ class Attack:
         clean_crops = self._crops(views, clean, regions, None)
         refs = self.references(views, clean_crops)
 
-        shapes = [self._shape(c, r) for c, r in zip(clean, regions)]
+        shapes = [self._shape(c, r, p.boxes) for c, r, p in zip(clean, regions, photos)]
         budgets = [self._budget(p, r) for p, r in zip(photos, regions)]
         # The optimised variables: |u| <= eps; each photo's pixel change is shape.delta(u).
         deltas = [
@@ -403,9 +416,20 @@ class Attack:
         """``[F_total]`` weighted loss over views."""
         return self._weigh(views, self._view_losses(views, images, regions, draws, refs))
 
-    def _shape(self, clean: torch.Tensor, region: Region) -> CloakShape:
-        """How one photo's optimised variable becomes its region's pixel change (masking, smoothing, colour)."""
+    def _shape(self, clean: torch.Tensor, region: Region, boxes: torch.Tensor | None = None) -> CloakShape:
+        """How one photo's optimised variable becomes its region's pixel change (masking, smoothing, colour).
+
+        ``boxes``: the photo's ``[F, 4]`` face boxes in photo pixels (for ``background_eps``).
+        """
         share = region.mask.unsqueeze(0)
+        if self.background_eps is not None and self.background_eps < self.eps and boxes is not None and len(boxes):
+            # The face budget measures only the faces' grown boxes, and SSIM misses smooth
+            # blotches on flat areas anyway: beside the face, a cloak at the full cap shows as
+            # whitish mottling on plain backgrounds (the astronaut at 2x). There it gets
+            # background_eps, cut further where the background is flat (visual masking).
+            faces = region.face_mask(boxes, FACE_BOX_GROWTH).unsqueeze(0)
+            rest = self.background_eps / self.eps * BACKGROUND_MASKING(clean)
+            share = share * (rest + (1 - rest) * faces)
         if self.masking is not None:
             share = share * self.masking(clean)
         blur = 0.0

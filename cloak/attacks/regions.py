@@ -77,6 +77,40 @@ class Region:
         out[:, y0:y1, x0:x1] = region
         return out
 
+    def face_mask(self, boxes: torch.Tensor, growth: float) -> torch.Tensor:
+        """``[1, h, w]`` in ``[0, 1]``: 1 inside the face ``boxes`` grown by ``growth`` of their size, feathered.
+
+        ``boxes``: ``[F, 4]`` ``(x0, y0, x1, y1)`` in *photo* pixels (as :class:`PhotoFaces` holds them).
+        """
+        boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).cpu()
+        grow = (boxes[:, 2:] - boxes[:, :2]) * growth / 2
+        grown = torch.cat([boxes[:, :2] - grow, boxes[:, 2:] + grow], dim=1)
+        return feathered_boxes(grown, self.box[:2], tuple(self.mask.shape[-2:]), self.mask)
+
+
+def feathered_boxes(
+    boxes: torch.Tensor, origin: tuple[int, int], size: tuple[int, int], like: torch.Tensor
+) -> torch.Tensor:
+    """``[1, h, w]``: 1 inside ``boxes``, 0 away from them, the edges feathered.
+
+    Args:
+        boxes: ``[F, 4]`` ``(x0, y0, x1, y1)`` in photo pixels.
+        origin: ``(x0, y0)`` of the ``size`` ``(h, w)`` window, in photo pixels.
+        like: takes the mask's dtype and device.
+    """
+    x0, y0 = origin
+    h, w = size
+    mask = torch.zeros(1, h, w, dtype=like.dtype, device=like.device)
+    for bx0, by0, bx1, by1 in boxes.tolist():
+        ys, ye = max(0, int(by0) - y0), max(0, min(y0 + h, int(by1) + 1) - y0)
+        xs, xe = max(0, int(bx0) - x0), max(0, min(x0 + w, int(bx1) + 1) - x0)
+        mask[:, ys:ye, xs:xe] = 1
+    # Feather the edges (a box filter about 6% of a face wide): a hard-edged patch of
+    # noise shows as a rectangle on smooth backgrounds.
+    face_size = float((boxes[:, 2:] - boxes[:, :2]).amin())
+    k = max(3, int(0.06 * face_size) | 1)
+    return F.avg_pool2d(mask.unsqueeze(0), k, stride=1, padding=k // 2, count_include_pad=True)[0]
+
 
 def face_region(
     faces: PhotoFaces,
@@ -104,16 +138,7 @@ def face_region(
     x1, y1 = min(W, int(hi[0]) + 1), min(H, int(hi[1]) + 1)
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"faces lie outside the photo of size {W}x{H}: landmarks {faces.landmarks.tolist()}")
-    mask = torch.zeros(1, y1 - y0, x1 - x0, dtype=photo.dtype, device=photo.device)
-    for bx0, by0, bx1, by1 in face_boxes.tolist():
-        ys, ye = max(0, int(by0) - y0), max(0, min(y1, int(by1) + 1) - y0)
-        xs, xe = max(0, int(bx0) - x0), max(0, min(x1, int(bx1) + 1) - x0)
-        mask[:, ys:ye, xs:xe] = 1
-    # Feather the edges (a box filter about 6% of a face wide): a hard-edged patch of
-    # noise shows as a rectangle on smooth backgrounds.
-    face_size = float((face_boxes[:, 2:] - face_boxes[:, :2]).amin())
-    k = max(3, int(0.06 * face_size) | 1)
-    mask = F.avg_pool2d(mask.unsqueeze(0), k, stride=1, padding=k // 2, count_include_pad=True)[0]
+    mask = feathered_boxes(face_boxes, (x0, y0), (y1 - y0, x1 - x0), photo)
     shift = torch.tensor([x0, y0], dtype=photo.dtype, device=photo.device)
     for name in matrices:
         m = matrices[name].clone()
