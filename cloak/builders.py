@@ -16,7 +16,6 @@ from cloak.detection import FaceDetector
 from cloak.device import resolve_device
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble
-from cloak.resources import tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,8 @@ class Parts:
 def build_from_config(
     cfg: DictConfig, need_model: bool = True, need_detector: bool = True, need_attack: bool = True
 ) -> Parts:
-    """Instantiates the model (on the run's device, eval mode), detector and attack of ``cfg``.
-
-    On a CPU it also tunes the process's allocator for the attack's big activations
-    (:func:`~cloak.resources.tune_cpu_allocator`).
-    """
+    """Instantiates the model (on the run's device, eval mode), detector and attack of ``cfg``."""
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     parts = Parts(device=device)
     if need_model:
         model: Any = instantiate(cfg.model)

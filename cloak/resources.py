@@ -15,8 +15,7 @@ photo's face region has its own size, and both glibc's heap (freed tensors of
 every size leave it fragmented) and oneDNN's cache of convolution kernels (one
 entry per tensor shape) would otherwise grow with the number of photos.
 :func:`bound_kernel_cache` caps the latter; :func:`release_free_memory` hands
-the heap's free pages back after each batch. Within a batch the opposite helps:
-:func:`tune_cpu_allocator` keeps freed activations in the heap for the next step.
+the heap's free pages back after each batch.
 """
 
 from __future__ import annotations
@@ -148,46 +147,3 @@ def release_free_memory() -> bool:
         return bool(libc.malloc_trim(0))
     except (OSError, AttributeError):
         return False
-
-
-#: glibc's mallopt parameters (malloc.h) and the values cloak sets.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MMAP_THRESHOLD = 32 << 20  # glibc's largest: every activation of a face batch comes from the heap
-_TRIM_THRESHOLD = 1 << 30
-_TOP_PAD = 256 << 20
-_allocator_tuned: bool | None = None
-
-
-def tune_cpu_allocator() -> bool:
-    """Lets glibc's malloc keep freed tensor memory for reuse instead of handing it back to the OS.
-
-    By default glibc serves large blocks (a face batch's activations: 1-30 MB each) with
-    fresh ``mmap`` pages and returns them on free, so every forward and backward pass of
-    an attack step page-faults its activations in again. Keeping them in the heap made
-    SFace's forward+backward 1.5x faster on this 2-core CPU (15.5 -> 10.7 ms per face).
-    The heap keeps up to 1 GB of freed memory until :func:`release_free_memory`. Does nothing,
-    and returns False, where the C library is not glibc (macOS, Windows, musl).
-    Idempotent; call it once per process before heavy CPU work. :func:`release_free_memory`
-    still hands the free pages back when called (after each batch of a library run).
-
-    Returns:
-        Whether the allocator is tuned.
-    """
-    global _allocator_tuned
-    if _allocator_tuned is None:
-        _allocator_tuned = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _allocator_tuned = all(
-                    libc.mallopt(option, value) == 1
-                    for option, value in (
-                        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
-                        (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-                        (_M_TOP_PAD, _TOP_PAD),
-                    )
-                )
-            except (OSError, AttributeError):  # not glibc
-                _allocator_tuned = False
-        log.debug("CPU allocator tuned: %s", _allocator_tuned)
-    return _allocator_tuned

@@ -70,7 +70,6 @@ from cloak.models.dlib_resnet import DlibResNet
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo, write_bytes
 from cloak.protect import cloak_photos
-from cloak.resources import tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +200,6 @@ class AdaptiveExperiment:
         )
         self.metrics = [str(m) for m in cfg.metrics]
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # the attacks' activations stay in the heap (cloak.resources)
         protection = ExperimentResults(
             experiment=str(cfg.get("experiment_name", "adaptive")),
             data=p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed),

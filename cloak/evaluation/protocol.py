@@ -57,7 +57,6 @@ from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import load_photo, to_tensor
 from cloak.protect import cloak_photos
 from cloak.quality import FaceQuality, dssim, face_quality, psnr, ssim
-from cloak.resources import tune_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +178,6 @@ class Experiment:
         self.tracker_side = {str(t) for t in cfg.platform.get("tracker_side") or []} & set(self.transforms)
         self.metrics = [str(m) for m in cfg.metrics]
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # the attacks' activations stay in the heap (cloak.resources)
         self.results = ExperimentResults(
             experiment=str(cfg.get("experiment_name", "protection")),
             data={**p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed), "upscale": self.upscale},
