@@ -255,7 +255,6 @@ class DlibResNet(FaceEmbedder):
                 raise ValueError(f"affine #{i} is disabled in the file; this network always applies it")
             copy(affine.gamma, rec.tensors["gamma"], f"affine #{i} gamma")
             copy(affine.beta, rec.tensors["beta"], f"affine #{i} beta")
-            affine.folded = False
             affine.fold_into(conv)
         (fc,) = by_kind["fc_no_bias"]
         copy(self.fc.weight, np.ascontiguousarray(fc.tensors["weight"].T), "fc_no_bias weight")
