@@ -32,10 +32,11 @@ import kornia
 import piq
 import torch
 
-from cloak.transforms import smooth
+from cloak.transforms import separable_gaussian, smooth
 
-#: Side of the Gaussian SSIM window (sigma 1.5), the standard of Wang et al. (2004).
+#: Side and sigma of the Gaussian SSIM window, the standard of Wang et al. (2004).
 SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
 #: A face box grows by this fraction of its size (half on each side) before it is measured.
 FACE_BOX_GROWTH = 0.1
 #: The percentile of the local SSIM map reported per face (the worst-looking 5% of its pixels).
@@ -126,8 +127,9 @@ class LocalSSIM:
 
     Gives the same map as :func:`ssim_map` (to float rounding), about twice as fast
     with its gradient: the reference's local moments are filtered once, here, and
-    each call filters the image's three moments in one grouped convolution pair,
-    where :func:`kornia.metrics.ssim` filters five, one at a time.
+    each call filters the image's three moments in one separable pass
+    (:func:`~cloak.transforms.separable_gaussian`), where :func:`kornia.metrics.ssim`
+    filters five, one at a time.
 
     Args:
         reference: ``[1, 3, H, W]`` or ``[3, H, W]`` in ``[0, max_val]``; H and W above 5.
@@ -145,7 +147,6 @@ class LocalSSIM:
             raise ValueError(f"reference must be one image, got a batch of {ref.shape[0]}")
         if min(ref.shape[-2:]) <= SSIM_WINDOW // 2:
             raise ValueError(f"SSIM needs images of at least 6x6 pixels (11x11 window), got {list(ref.shape[-2:])}")
-        self.kernel = kornia.filters.get_gaussian_kernel1d(SSIM_WINDOW, 1.5, device=ref.device, dtype=ref.dtype)
         self.c1, self.c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
         self.reference = ref
         with torch.no_grad():
@@ -154,10 +155,7 @@ class LocalSSIM:
 
     def _filter(self, x: torch.Tensor) -> torch.Tensor:
         """Each channel of ``x`` smoothed by the SSIM window, reflect-padded (kornia's ``padding="same"``)."""
-        n, pad = x.shape[1], SSIM_WINDOW // 2
-        x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        x = torch.nn.functional.conv2d(x, self.kernel.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
-        return torch.nn.functional.conv2d(x, self.kernel.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+        return separable_gaussian(x, SSIM_SIGMA, SSIM_WINDOW, "reflect")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1:] != self.reference.shape[1:]:
