@@ -99,7 +99,7 @@ def separable_gaussian(image: torch.Tensor, sigma: float, size: int, border: str
         image: the images to filter.
         sigma: the Gaussian's standard deviation, in pixels.
         size: taps per axis, odd.
-        border: ``"reflect"`` (needs ``size // 2`` pixels fewer than each side) or ``"replicate"``.
+        border: ``"reflect"`` (each side longer than ``size // 2`` pixels) or ``"replicate"`` (any size).
 
     Raises:
         ValueError: for a tensor that is not ``[B, C, H, W]``, an even or non-positive
