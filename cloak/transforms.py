@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cloak.jpeg import jpeg_round_trip
+
 
 @dataclass(frozen=True)
 class Distortion:
@@ -153,14 +155,13 @@ def smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
-    """kornia's differentiable JPEG encode-decode at one quality.
+    """A differentiable JPEG round trip at one quality (:func:`cloak.jpeg.jpeg_round_trip`).
 
     Shape:
         - image: :math:`(B, 3, H, W)` in ``[0, 1]``
         - Output: :math:`(B, 3, H, W)`
     """
-    q = torch.full((image.shape[0],), float(quality), dtype=image.dtype, device=image.device)
-    return kornia.enhance.jpeg_codec_differentiable(image.clamp(0, 1), q)
+    return jpeg_round_trip(image, quality)
 
 
 class RobustTransform(nn.Module):
