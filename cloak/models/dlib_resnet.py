@@ -299,4 +299,6 @@ def load_dlib_resnet(path: str | Path | None = None) -> DlibResNet:
         )
     model = DlibResNet()
     model.load_records(read_network_file(path, DLIB_ARCHITECTURE))
-    return model.eval()
+    # Channels-last weights make its convolutions' forward+backward ~15% faster on a CPU
+    # (8 faces: 38 -> 32 ms a step); the same values. (SFace, depthwise, gains nothing.)
+    return model.to(memory_format=torch.channels_last).eval()
