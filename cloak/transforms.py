@@ -125,13 +125,35 @@ def separable_gaussian(image: torch.Tensor, sigma: float, size: int, border: str
         )
     taps = _gaussian_taps(size, float(sigma))
     padded = F.pad(image, (pad, pad, pad, pad), mode=border)
-    rows = padded[..., :, 0:w] * taps[0]
-    for i in range(1, size):
-        rows = rows.add_(padded[..., :, i : i + w], alpha=taps[i])
-    out = rows[..., 0:h, :] * taps[0]
-    for i in range(1, size):
-        out = out.add_(rows[..., i : i + h, :], alpha=taps[i])
+    return _Correlate.apply(_Correlate.apply(padded, taps, -1), taps, -2)
+
+
+def _correlate(x: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
+    """The "valid" correlation of ``x`` with ``taps`` along ``dim``: ``len(taps) - 1`` shorter there."""
+    n = x.shape[dim] - len(taps) + 1
+    out = x.narrow(dim, 0, n) * taps[0]
+    for i in range(1, len(taps)):
+        out.add_(x.narrow(dim, i, n), alpha=taps[i])
     return out
+
+
+class _Correlate(torch.autograd.Function):
+    """:func:`_correlate` with its adjoint as backward: the same sum of slices, over the
+    zero-padded gradient with the taps reversed. Autograd's own backward of the slices
+    fills a zero tensor of the input's size for every tap (3 of the 3.7 ms that the face
+    budget's SSIM took, forward and backward, on a 200x190 region)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.taps, ctx.dim = taps, dim
+        return _correlate(x, taps, dim)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        k = len(ctx.taps) - 1
+        padding = (k, k, 0, 0) if ctx.dim == -1 else (0, 0, k, k)
+        return _correlate(F.pad(grad, padding), ctx.taps[::-1], ctx.dim), None, None
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
