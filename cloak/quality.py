@@ -66,8 +66,8 @@ def _batched(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def ssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:
     """Mean structural similarity per image, averaged over the RGB channels.
 
-    Uses :func:`kornia.metrics.ssim` (11x11 Gaussian window, sigma 1.5, reflect
-    padding) and averages its map over channels and pixels. Identical images
+    The map of :func:`kornia.metrics.ssim` (11x11 Gaussian window, sigma 1.5, reflect
+    padding; see :func:`ssim_map`), averaged over channels and pixels. Identical images
     score 1; the score decreases as the images differ. Differentiable.
 
     Args:
@@ -118,18 +118,23 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Te
         raise ValueError(
             f"SSIM needs images of at least {pad + 1}x{pad + 1} pixels (11x11 window), got {list(a.shape[-2:])}"
         )
-    local = kornia.metrics.ssim(a, b, SSIM_WINDOW, max_val=float(max_val), eps=0.0, padding="same")
-    return local.mean(dim=1, keepdim=True)
+    # kornia.metrics.ssim's map (to float rounding) with the five moments filtered in one
+    # separable pass: 3x faster, and the face budget's final check calls it a dozen times a face.
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    moments = separable_gaussian(torch.cat([a, b, a * a, b * b, a * b], 1), SSIM_SIGMA, SSIM_WINDOW, "reflect")
+    mu_a, mu_b, aa, bb, ab = moments.split(a.shape[1], 1)
+    num = (2 * mu_a * mu_b + c1) * (2 * (ab - mu_a * mu_b) + c2)
+    den = (mu_a * mu_a + mu_b * mu_b + c1) * (aa - mu_a * mu_a + bb - mu_b * mu_b + c2)
+    return (num / den).mean(dim=1, keepdim=True)
 
 
 class LocalSSIM:
     """The local SSIM map of images against one fixed reference, for an optimisation loop.
 
-    Gives the same map as :func:`ssim_map` (to float rounding), about twice as fast
-    with its gradient: the reference's local moments are filtered once, here, and
-    each call filters the image's three moments in one separable pass
-    (:func:`~cloak.transforms.separable_gaussian`), where :func:`kornia.metrics.ssim`
-    filters five, one at a time.
+    Gives the same map as :func:`ssim_map` (to float rounding), faster with its
+    gradient: the reference's local moments are filtered once, here, and each call
+    filters the image's three moments (:func:`~cloak.transforms.separable_gaussian`),
+    where :func:`ssim_map` filters five.
 
     Args:
         reference: ``[1, 3, H, W]`` or ``[3, H, W]`` in ``[0, max_val]``; H and W above 5.

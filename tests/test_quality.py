@@ -3,6 +3,7 @@
 import math
 from itertools import pairwise
 
+import kornia
 import pytest
 import torch
 
@@ -114,6 +115,15 @@ def test_ssim_map_averages_to_ssim():
     local = ssim_map(x, y)
     assert local.shape == (1, 1, 24, 30)
     assert float(local.mean()) == pytest.approx(float(ssim(x, y)[0]), abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 30), (2, 3, 17, 40)])
+def test_ssim_map_is_kornias_map(shape):
+    a = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).clamp(0, 1)
+    batched = (a, b) if a.ndim == 4 else (a[None], b[None])
+    reference = kornia.metrics.ssim(*batched, 11, max_val=1.0, eps=0.0, padding="same").mean(dim=1, keepdim=True)
+    torch.testing.assert_close(ssim_map(a, b), reference, atol=1e-12, rtol=0)
 
 
 def test_local_ssim_against_a_fixed_reference_equals_ssim_map_and_its_gradient():
