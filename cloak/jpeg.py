@@ -73,7 +73,7 @@ def quantisation_tables(quality: float) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
-    return _tables(round(quality))
+    return tuple(t.clone() for t in _tables(round(quality)))  # the cached ones stay unchanged
 
 
 @functools.lru_cache(maxsize=128)
