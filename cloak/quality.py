@@ -113,18 +113,43 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Te
         - Output: :math:`(B, 1, H, W)`, with :math:`B = 1` for unbatched inputs
     """
     a, b = _batched(a, b)
-    pad = SSIM_WINDOW // 2
-    if min(a.shape[-2:]) <= pad:
-        raise ValueError(
-            f"SSIM needs images of at least {pad + 1}x{pad + 1} pixels (11x11 window), got {list(a.shape[-2:])}"
-        )
+    _check_ssim_size(a)
     # kornia.metrics.ssim's map (to float rounding) with the five moments filtered in one
     # separable pass: 3x faster, and the face budget's final check calls it a dozen times a face.
+    mu_a, mu_b, aa, bb, ab = _ssim_window(torch.cat([a, b, a * a, b * b, a * b], 1)).split(a.shape[1], 1)
+    return _ssim_from_moments(mu_a, mu_b, aa, bb - mu_b * mu_b, ab, max_val)
+
+
+def _check_ssim_size(image: torch.Tensor) -> None:
+    pad = SSIM_WINDOW // 2
+    if min(image.shape[-2:]) <= pad:
+        raise ValueError(
+            f"SSIM needs images of at least {pad + 1}x{pad + 1} pixels (11x11 window), got {list(image.shape[-2:])}"
+        )
+
+
+def _ssim_window(x: torch.Tensor) -> torch.Tensor:
+    """Each channel of ``x`` smoothed by the SSIM window, reflect-padded (kornia's ``padding="same"``)."""
+    return separable_gaussian(x, SSIM_SIGMA, SSIM_WINDOW, "reflect")
+
+
+def _ssim_from_moments(
+    mu_a: torch.Tensor,
+    mu_b: torch.Tensor,
+    sq_a: torch.Tensor,
+    var_b: torch.Tensor,
+    ab: torch.Tensor,
+    max_val: float,
+) -> torch.Tensor:
+    """The ``[B, 1, H, W]`` local SSIM (averaged over channels) from the windowed moments of two images.
+
+    ``mu_a``, ``mu_b``, ``sq_a``, ``ab``: windowed means of ``a``, ``b``, ``a * a`` and ``a * b``;
+    ``var_b``: ``b``'s windowed variance (:class:`LocalSSIM` keeps its reference's).
+    """
     c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
-    moments = separable_gaussian(torch.cat([a, b, a * a, b * b, a * b], 1), SSIM_SIGMA, SSIM_WINDOW, "reflect")
-    mu_a, mu_b, aa, bb, ab = moments.split(a.shape[1], 1)
-    num = (2 * mu_a * mu_b + c1) * (2 * (ab - mu_a * mu_b) + c2)
-    den = (mu_a * mu_a + mu_b * mu_b + c1) * (aa - mu_a * mu_a + bb - mu_b * mu_b + c2)
+    mu_ab = mu_a * mu_b
+    num = (2 * mu_ab + c1) * (2 * (ab - mu_ab) + c2)
+    den = (mu_a * mu_a + mu_b**2 + c1) * (sq_a - mu_a * mu_a + var_b + c2)
     return (num / den).mean(dim=1, keepdim=True)
 
 
@@ -150,28 +175,20 @@ class LocalSSIM:
         ref, _ = _batched(reference, reference)
         if ref.shape[0] != 1:
             raise ValueError(f"reference must be one image, got a batch of {ref.shape[0]}")
-        if min(ref.shape[-2:]) <= SSIM_WINDOW // 2:
-            raise ValueError(f"SSIM needs images of at least 6x6 pixels (11x11 window), got {list(ref.shape[-2:])}")
-        self.c1, self.c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+        _check_ssim_size(ref)
+        self.max_val = float(max_val)
         self.reference = ref
         with torch.no_grad():
-            self.mu_ref, ref_sq = self._filter(torch.cat([ref, ref * ref], 1)).split(3, 1)
+            self.mu_ref, ref_sq = _ssim_window(torch.cat([ref, ref * ref], 1)).split(3, 1)
             self.var_ref = ref_sq - self.mu_ref**2
-
-    def _filter(self, x: torch.Tensor) -> torch.Tensor:
-        """Each channel of ``x`` smoothed by the SSIM window, reflect-padded (kornia's ``padding="same"``)."""
-        return separable_gaussian(x, SSIM_SIGMA, SSIM_WINDOW, "reflect")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 4 or image.shape[1:] != self.reference.shape[1:]:
             raise ValueError(
                 f"image must have shape [B, {', '.join(map(str, self.reference.shape[1:]))}], got {list(image.shape)}"
             )
-        mu, sq, cross = self._filter(torch.cat([image, image * image, image * self.reference], 1)).split(3, 1)
-        mu_mu = mu * self.mu_ref
-        num = (2 * mu_mu + self.c1) * (2 * (cross - mu_mu) + self.c2)
-        den = (mu * mu + self.mu_ref**2 + self.c1) * (sq - mu * mu + self.var_ref + self.c2)
-        return (num / den).mean(dim=1, keepdim=True)
+        mu, sq, cross = _ssim_window(torch.cat([image, image * image, image * self.reference], 1)).split(3, 1)
+        return _ssim_from_moments(mu, self.mu_ref, sq, self.var_ref, cross, self.max_val)
 
 
 def ssim_percentile(

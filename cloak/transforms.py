@@ -176,16 +176,6 @@ def smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return separable_gaussian(image, sigma, gaussian_kernel_size(sigma), "replicate")
 
 
-def jpeg(image: torch.Tensor, quality: float) -> torch.Tensor:
-    """A differentiable JPEG round trip at one quality (:func:`cloak.jpeg.jpeg_round_trip`).
-
-    Shape:
-        - image: :math:`(B, 3, H, W)` in ``[0, 1]``
-        - Output: :math:`(B, 3, H, W)`
-    """
-    return jpeg_round_trip(image, quality)
-
-
 class RobustTransform(nn.Module):
     """Samples and applies platform-like distortions.
 
@@ -267,7 +257,7 @@ class RobustTransform(nn.Module):
         if draw.blur_sigma is not None:
             image = gaussian_blur(image, draw.blur_sigma)
         if draw.jpeg_quality is not None:
-            image = jpeg(image, draw.jpeg_quality)
+            image = jpeg_round_trip(image, draw.jpeg_quality)
         return image
 
     @staticmethod
