@@ -172,6 +172,30 @@ def test_ensemble_and_models_restored(tiny_embedder):
     assert all(p.requires_grad for p in ens.parameters())
 
 
+def test_member_sampling_skips_a_member_at_some_steps_and_reweights_it(tiny_embedder):
+    """member_prob leaves a member out of about that share of steps, divides its weight by it, keeps the rest."""
+    a, b = tiny_embedder(seed=0, dtype=torch.float64), tiny_embedder(seed=1, dtype=torch.float64)
+    ens = Ensemble({"a": a, "b": b}, weights={"a": 3.0, "b": 1.0})
+    attack = LowKey(eps=8, steps=4, max_dssim=None, member_prob={"b": 0.25})
+    views = attack.views(ens)
+    generator = torch.Generator().manual_seed(0)
+    draws = [attack.sampled_members(attack.active_views(views, generator), generator) for _ in range(400)]
+    with_b = [d for d in draws if any(name.startswith("b") for name in d)]
+    assert 0.18 < len(with_b) / len(draws) < 0.32
+    assert all(any(name.startswith("a") for name in d) for d in draws), "a member not named was left out"
+    b_weight = sum(w for name, (_, w) in views.items() if name.startswith("b"))  # b's share of the ensemble
+    assert all(
+        w == pytest.approx(b_weight / 0.25) for d in with_b for name, (_, w) in d.items() if name.startswith("b")
+    )
+    # The invariants hold, the cloak differs from the full ensemble's, and a batch equals its photos alone.
+    photos = _photos(2)
+    sampled, full = attack(ens, photos), LowKey(eps=8, steps=4, max_dssim=None)(ens, photos)
+    for p, r, q in zip(photos, sampled, full):
+        assert 0 < (r.photo - p.photo).abs().max() <= 8 / 255 + 1e-9
+        assert not torch.equal(r.photo, q.photo)
+        assert torch.allclose(attack(ens, [p])[0].photo, r.photo, atol=1e-9)
+
+
 def test_same_seed_same_cloak_different_seed_differs(tiny_embedder):
     model = tiny_embedder(dtype=torch.float64)
     photos = _photos(1)
@@ -210,6 +234,8 @@ def test_bad_parameters_are_refused():
         PGD(step_schedule="linear")
     with pytest.raises(ValueError, match="smooth_prob"):
         LowKey(smooth_prob=1.5)
+    with pytest.raises(ValueError, match="member_prob of b"):
+        PGD(member_prob={"b": 0.0})
     with pytest.raises(FileNotFoundError, match="target_dir"):
         Fawkes(target_dir="/nonexistent/targets")
 

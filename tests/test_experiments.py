@@ -231,9 +231,9 @@ def test_a_native_tracker_is_one_registry_line(monkeypatch):
 def test_a_model_tracker_without_local_weights_is_skipped_not_downloaded(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty weights cache
     monkeypatch.setitem(NATIVE_TRACKERS, "counting", NativeTracker(f"{__name__}._CountingPipeline"))
-    [pipeline], skipped = build_pipelines(["facenet_casia", "counting"], detector=None)
+    [pipeline], skipped = build_pipelines(["facenet_vggface2", "counting"], detector=None)
     assert isinstance(pipeline, _CountingPipeline)
-    assert skipped["facenet_casia"].startswith("weights not available locally")
+    assert skipped["facenet_vggface2"].startswith("weights not available locally")
     assert not any(tmp_path.rglob("*.pt"))
 
 

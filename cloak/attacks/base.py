@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -144,6 +144,10 @@ class Attack:
             the visual masking map there (full in hair and texture, a quarter on a flat
             wall); ``None`` for ``eps`` everywhere. Needs the faces' ``boxes``; no effect at or
             above ``eps``.
+        member_prob: ensemble member name -> probability that the member takes part in a
+            step (members not named always do). A slow member at 0.5 costs half its time;
+            its weight at the steps it takes part in is divided by the probability, so the
+            loss matches the full ensemble's in expectation. At least one view always stays.
     """
 
     name = "attack"
@@ -174,6 +178,7 @@ class Attack:
         background_eps: float | None = None,
         max_chroma: float = 1.0,
         step_schedule: str = "constant",
+        member_prob: Mapping[str, float] | None = None,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -232,6 +237,10 @@ class Attack:
         if background_eps is not None and background_eps <= 0:
             raise ValueError(f"background_eps must be positive (0-255 pixel units) or null, got {background_eps}")
         self.background_eps = None if background_eps is None else float(background_eps) / 255.0
+        self.member_prob = {str(k): float(v) for k, v in (member_prob or {}).items()}
+        for member, prob in self.member_prob.items():
+            if not 0 < prob <= 1:
+                raise ValueError(f"member_prob of {member} must be in (0, 1], got {prob}")
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -258,6 +267,21 @@ class Attack:
         (``stop_margin``) needs it; attacks that cannot tell return None.
         """
         return None
+
+    def sampled_members(self, views: Views, generator: torch.Generator) -> Views:
+        """``views`` without the members that sit out this step (``member_prob``), reweighted."""
+        if not self.member_prob:
+            return views
+        members = sorted({name.split("/")[0] for name in views} & set(self.member_prob))
+        coins = dict(zip(members, torch.rand(len(members), generator=generator).tolist()))
+        kept: Views = {}
+        for name, (model, weight) in views.items():
+            member = name.split("/")[0]
+            if member not in coins:
+                kept[name] = (model, weight)
+            elif coins[member] < self.member_prob[member]:
+                kept[name] = (model, weight / self.member_prob[member])
+        return kept or views
 
     # ---- the shared loop --------------------------------------------------------
     def __call__(
@@ -300,7 +324,7 @@ class Attack:
         sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
 
         for step in range(self.steps):
-            active = self.active_views(views, step_gen)
+            active = self.sampled_members(self.active_views(views, step_gen), step_gen)
             live = stopping.live()
             if not live:
                 break
@@ -314,7 +338,9 @@ class Attack:
                 refs,
                 stopping.face_rows(live),
             )
-            loss = self._weigh(active, per_view).sum()
+            # Normalised by every view's weight, so members sitting out this step do not
+            # raise the others' share: the expected loss is the full ensemble's.
+            loss = self._weigh(active, per_view, total=sum(w for _, w in views.values())).sum()
             for i in live:
                 # SSIM costs a third of a step: measure every photo every few steps, and in
                 # between only those that were close to the budget.
@@ -400,10 +426,10 @@ class Attack:
         }
 
     @staticmethod
-    def _weigh(views: Views, per_view: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[F]`` the views' losses averaged with their weights."""
-        total = sum(weight * per_view[name] for name, (_, weight) in views.items())
-        return total / sum(weight for _, weight in views.values())
+    def _weigh(views: Views, per_view: dict[str, torch.Tensor], total: float | None = None) -> torch.Tensor:
+        """``[F]`` the views' losses averaged with their weights (divided by ``total``: default their sum)."""
+        weighted = sum(weight * per_view[name] for name, (_, weight) in views.items())
+        return weighted / (total if total is not None else sum(weight for _, weight in views.values()))
 
     def _loss(
         self,

