@@ -46,6 +46,17 @@ def test_every_detector_instantiates(detector):
     assert isinstance(instantiate(load_config([f"detector={detector}", "device=cpu"]).detector), FaceDetector)
 
 
+def test_high_cloaks_with_every_offline_family_unless_a_model_is_named():
+    def members(overrides: list[str]) -> list[str]:
+        return sorted(load_config(overrides).model.get("members", {}))
+
+    assert "facenet_casia" in members(["strength=high"])
+    assert "facenet_casia" not in members([]) and "facenet_casia" not in members(["strength=mid"])
+    assert "facenet_casia" not in members(["strength=high", "model=ensemble"])
+    assert load_config(["strength=high", "model=sface"]).model._target_ == "cloak.models.sface.load_sface"
+    assert "defaults" not in load_config(["strength=high"]).strength
+
+
 def test_strength_presets_grow():
     presets = [load_config([f"strength={s}"]).strength for s in ("low", "mid", "high")]
     eps, steps = [p.eps for p in presets], [p.steps for p in presets]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.pipelines import Embedded, Progress
+from cloak.evaluation.pipelines import Embedded, Progress, embed_each
 from cloak.models.facenet_graph import checked_graph_path
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,4 @@ class OpenCVFaceNetPipeline:
         return None if crop is None else self.feature(crop)
 
     def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        emb = np.zeros((len(photos), EMBEDDING_DIM), np.float32)
-        found = np.zeros(len(photos), bool)
-        for i, photo in enumerate(photos):
-            feature = self.embed_one(photo)
-            if feature is not None:
-                emb[i] = feature / max(float(np.linalg.norm(feature)), 1e-12)
-                found[i] = True
-            if progress is not None:
-                progress(1)
-        return {self.name: Embedded(emb, found)}
+        return {self.name: embed_each(self.embed_one, photos, EMBEDDING_DIM, progress)}

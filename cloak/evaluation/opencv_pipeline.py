@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cloak.evaluation.pipelines import Embedded, Progress
+from cloak.evaluation.pipelines import Embedded, Progress, embed_each
 from cloak.models.weights import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,4 @@ class OpenCVSFacePipeline:
         return None if crop is None else self.feature(crop)
 
     def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        emb = np.zeros((len(photos), 128), np.float32)
-        found = np.zeros(len(photos), bool)
-        for i, photo in enumerate(photos):
-            feature = self.embed_one(photo)
-            if feature is not None:
-                emb[i] = feature / max(float(np.linalg.norm(feature)), 1e-12)
-                found[i] = True
-            if progress is not None:
-                progress(1)
-        return {self.name: Embedded(emb, found)}
+        return {self.name: embed_each(self.embed_one, photos, 128, progress)}

@@ -45,6 +45,27 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def embed_each(
+    embed_one: Callable[[np.ndarray], np.ndarray | None],
+    photos: Sequence[np.ndarray],
+    dim: int,
+    progress: Progress | None = None,
+) -> Embedded:
+    """Embeds photos one at a time with a native pipeline's ``embed_one`` (``None``: no face).
+
+    Returns unit rows where a face was found, zeros (and ``found`` False) elsewhere.
+    """
+    emb = np.zeros((len(photos), dim), np.float32)
+    found = np.zeros(len(photos), bool)
+    for i, photo in enumerate(photos):
+        feature = embed_one(photo)
+        if feature is not None:
+            emb[i], found[i] = _unit(np.asarray(feature, np.float32).reshape(1, -1))[0], True
+        if progress is not None:
+            progress(1)
+    return Embedded(emb, found)
+
+
 class Pipeline(Protocol):
     """Embeds photos for one or more trackers."""
 
@@ -170,12 +191,4 @@ class DlibPipeline:
         return np.asarray(self._net.compute_face_descriptor(photo, shape, self.jitters), dtype=np.float32)
 
     def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        emb = np.zeros((len(photos), 128), np.float32)
-        found = np.zeros(len(photos), bool)
-        for i, photo in enumerate(photos):
-            d = self.embed_one(photo)
-            if d is not None:
-                emb[i], found[i] = _unit(d[None])[0], True
-            if progress is not None:
-                progress(1)
-        return {self.name: Embedded(emb, found)}
+        return {self.name: embed_each(self.embed_one, photos, 128, progress)}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cloak.models.tf_graph import GraphFormatError, read_graph
-from cloak.models.weights import WeightsUnavailableError, sha256_of
+from cloak.models.weights import WeightsUnavailableError, require_pinned_file
 
 __all__ = [
     "FACENET_GRAPH_FILE",
@@ -204,15 +204,7 @@ def checked_graph_path(path: str | Path | None = None) -> Path:
     path = Path(path).expanduser() if path is not None else default_graph_path()
     if path.is_dir():
         path = path / FACENET_GRAPH_FILE
-    if not path.is_file():
-        raise WeightsUnavailableError(f"FaceNet's CASIA-WebFace graph not found at {path}. {_how_to_get()}")
-    digest = sha256_of(path)
-    if digest != FACENET_GRAPH_SHA256:
-        raise WeightsUnavailableError(
-            f"FaceNet graph at {path} has SHA-256 {digest}, expected {FACENET_GRAPH_SHA256}: the file is "
-            f"corrupt or another model. {_how_to_get()}"
-        )
-    return path
+    return require_pinned_file(path, FACENET_GRAPH_SHA256, "FaceNet's CASIA-WebFace graph", _how_to_get())
 
 
 def load_graph_state(path: str | Path | None = None) -> dict[str, torch.Tensor]:

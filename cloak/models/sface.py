@@ -41,7 +41,7 @@ from torch import nn
 
 from cloak.models.base import FaceEmbedder
 from cloak.models.onnx_weights import fold_constants
-from cloak.models.weights import WeightsUnavailableError, sha256_of
+from cloak.models.weights import WeightsUnavailableError, require_pinned_file
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -444,14 +444,7 @@ def load_sface(path: str | Path | None = None) -> SFace:
             if this module and the pinned hash disagree).
     """
     path = default_weights_path() if path is None else Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(f"SFace weights not found at {path}. {_how_to_get()}")
-    digest = sha256_of(path)
-    if digest != SFACE_SHA256:
-        raise WeightsUnavailableError(
-            f"SFace weights at {path} have SHA-256 {digest}, expected {SFACE_SHA256}: the file is corrupt "
-            f"or not OpenCV Zoo's {SFACE_FILE}. {_how_to_get()}"
-        )
+    require_pinned_file(path, SFACE_SHA256, f"SFace weights ({SFACE_FILE})", _how_to_get())
     model = SFace()
     model.load_parameters(read_sface_onnx(path))
     return model.eval()

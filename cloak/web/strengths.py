@@ -1,8 +1,10 @@
 """The strength presets the page offers, each with its attack built once at startup.
 
 The presets are the ``strength`` config group (``low``, ``mid``, ``high``): they
-differ only in the L-inf budget, the number of steps and the perceptual budget,
-so one attack per preset shares the run's model and detector. ``strength=`` picks
+differ in the L-inf budget, the number of steps and the perceptual budget, and
+one attack per preset shares the run's model and detector. (On the command line
+``strength=high`` also selects ``model=ensemble_all``; the page keeps the model
+it was started with, ``model=`` of ``python -m cloak.web``, for every preset.) ``strength=`` picks
 the preset the page starts with; fields of ``cfg.strength`` that differ from that
 preset's file (``strength.steps=2``) are overrides and apply to every preset.
 """
@@ -44,12 +46,13 @@ class StrengthPreset:
 
 
 def preset_file(name: str) -> DictConfig:
-    """The ``strength/<name>.yaml`` config as written, without overrides."""
+    """The ``strength/<name>.yaml`` budgets as written, without overrides (and without its defaults list)."""
     path = config_dir() / "strength" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"strength preset {name!r} not found at {path}; reinstall cloak")
     loaded = OmegaConf.load(path)
     assert isinstance(loaded, DictConfig)
+    loaded.pop("defaults", None)  # Hydra's choice of other groups (high's model), not a budget
     return loaded
 
 
