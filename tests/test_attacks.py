@@ -194,6 +194,8 @@ def test_member_sampling_skips_a_member_at_some_steps_and_reweights_it(tiny_embe
         assert 0 < (r.photo - p.photo).abs().max() <= 8 / 255 + 1e-9
         assert not torch.equal(r.photo, q.photo)
         assert torch.allclose(attack(ens, [p])[0].photo, r.photo, atol=1e-9)
+    with pytest.raises(ValueError, match=r"member_prob names \['c'\]"):
+        LowKey(eps=8, steps=1, max_dssim=None, member_prob={"c": 0.5})(ens, photos)
 
 
 def test_same_seed_same_cloak_different_seed_differs(tiny_embedder):

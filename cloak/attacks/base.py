@@ -299,6 +299,10 @@ class Attack:
         """
         ensemble = as_ensemble(model)
         views = self.views(ensemble)
+        unknown = set(self.member_prob) - {name.split("/")[0] for name in views}
+        if unknown:
+            members = sorted({name.split("/")[0] for name in views})
+            raise ValueError(f"member_prob names {sorted(unknown)}, not members of the model; its members: {members}")
         if not photos:
             return []
         with _frozen(ensemble), skip_gradient(ensemble, self.skip_gradient):
