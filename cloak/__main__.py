@@ -41,7 +41,13 @@ def _hydra_serve(cfg: DictConfig) -> None:
 
     from cloak.web.server import serve
 
-    serve(cfg, default_strength=HydraConfig.get().runtime.choices.get("strength"))
+    hydra_cfg = HydraConfig.get()
+    # Without a model= (or model.*=) override, each preset gets the model it selects (high:
+    # ensemble_all); with one, that model serves every preset.
+    keys = [o.lstrip("+~").split("=")[0].split("@")[0] for o in hydra_cfg.overrides.task]
+    explicit = any(k == "model" or k.startswith("model.") for k in keys)
+    choices = hydra_cfg.runtime.choices
+    serve(cfg, default_strength=choices.get("strength"), model_choice=None if explicit else choices.get("model"))
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -22,6 +23,8 @@ def config_dir() -> Path:
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "cloak") -> DictConfig:
-    """Composes a config outside of ``@hydra.main`` (for the Python API and tests)."""
+    """Composes a config: for the Python API and tests, and inside a running ``@hydra.main`` app."""
+    if GlobalHydra.instance().is_initialized():  # inside an app: its Hydra already searches config_dir()
+        return compose(config_name=config_name, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides or []))

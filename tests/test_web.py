@@ -21,7 +21,7 @@ from cloak.protect import FaceReport
 from cloak.web.app import CONTENT_SECURITY_POLICY, STATIC_DIR, create_app
 from cloak.web.names import cloaked_name, safe_name, unique_names
 from cloak.web.server import allowed_hosts, exposure_warning, is_loopback, page_url
-from cloak.web.strengths import build_presets
+from cloak.web.strengths import build_presets, preset_model_choice, preset_models
 from cloak.web.verdicts import face_sentence, face_verdicts
 
 FAST = ["strength.steps=2", "device=cpu"]
@@ -333,6 +333,35 @@ def test_strength_presets_share_overrides_and_follow_the_chosen_one():
     assert default == "low" and presets["high"].steps > presets["low"].steps
 
 
+def test_each_preset_cloaks_with_the_model_its_strength_selects(parts, astronaut, monkeypatch):
+    """As on the command line, high cloaks with every offline family and the others with the page's model."""
+    assert {n: preset_model_choice(n, "ensemble") for n in ("low", "mid", "high")} == {
+        "low": "ensemble",
+        "mid": "ensemble",
+        "high": "ensemble_all",
+    }
+    cfg = load_config(FAST, config_name="serve")
+    presets = preset_models(build_presets(cfg)[0], cfg, parts.model, "ensemble")
+    assert presets["low"].model is parts.model and presets["mid"].model is parts.model
+    assert "facenet_casia" in presets["high"].model.weights and "facenet_casia" not in parts.model.weights
+
+    import cloak.web.worker as worker
+
+    used = []
+
+    def spy(photos, faces, attack, model, device, progress=None):
+        used.append(model)
+        return real(photos, faces, attack, model, device, progress)
+
+    real = worker.cloak_photos
+    monkeypatch.setattr(worker, "cloak_photos", spy)
+    with TestClient(create_app(cfg, parts, presets, "mid")) as client:
+        for strength in ("high", "mid"):
+            [photo] = _upload(client, ("me.jpg", _face_jpeg(astronaut)), strength=strength).json()["photos"]
+            assert _wait(client, photo["id"])["status"] == "done"
+    assert used == [presets["high"].model, parts.model]
+
+
 def test_verdicts_in_plain_words():
     def face(distance, after_jpeg, threshold=0.6):
         return FaceReport(
@@ -387,12 +416,19 @@ def test_python_m_cloak_serve_dispatches_with_hydra_overrides(monkeypatch):
     import cloak.web.server as server
 
     seen = {}
-    monkeypatch.setattr(
-        server, "serve", lambda cfg, default_strength=None: seen.update(cfg=cfg, strength=default_strength)
-    )
+
+    def fake_serve(cfg, default_strength=None, model_choice=None):
+        seen.update(cfg=cfg, strength=default_strength, model=model_choice)
+
+    monkeypatch.setattr(server, "serve", fake_serve)
     monkeypatch.setattr(sys, "argv", ["cloak", "serve", "port=9000", "strength=low", "open_browser=false"])
     entry.main()
     assert seen["cfg"].port == 9000 and seen["cfg"].open_browser is False and seen["strength"] == "low"
+    assert seen["model"] == "ensemble", "without model=, each preset picks its own model"
+    for explicit in ("model=sface", "model.weights.sface=5"):
+        monkeypatch.setattr(sys, "argv", ["cloak", "serve", "strength=high", explicit])
+        entry.main()
+        assert seen["model"] is None, f"{explicit} serves every preset"
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from cloak.builders import build_from_config
 from cloak.web.app import create_app
-from cloak.web.strengths import build_presets
+from cloak.web.strengths import build_presets, preset_models
 
 log = logging.getLogger("cloak")
 
@@ -107,12 +107,15 @@ def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeou
     return RunningServer(server, thread, page_url(host, bound_port(server)))
 
 
-def serve(cfg: DictConfig, default_strength: str | None = None) -> None:
+def serve(cfg: DictConfig, default_strength: str | None = None, model_choice: str | None = None) -> None:
     """Loads the models, serves the page until interrupted (Ctrl+C), and opens it in the browser.
 
     Args:
         cfg: the composed ``serve`` config (``configs/serve.yaml``).
         default_strength: the preset ``strength=`` chose; ``None`` works it out from ``cfg``.
+        model_choice: the name of ``cfg.model``'s config when no ``model=`` was given: then
+            each preset cloaks with the model it selects, as on the command line (high:
+            ``ensemble_all``). ``None`` (an explicit ``model=``): ``cfg.model`` for all.
     """
     host, port = str(cfg.host), int(cfg.port)
     warning = exposure_warning(host, port)
@@ -121,6 +124,8 @@ def serve(cfg: DictConfig, default_strength: str | None = None) -> None:
     log.info("Loading the face models (model=%s, device=%s)...", cfg.model._target_.rsplit(".", 1)[-1], cfg.device)
     parts = build_from_config(cfg, need_attack=False)
     presets, default_strength = build_presets(cfg, default_strength)
+    if model_choice is not None and parts.model is not None:
+        presets = preset_models(presets, cfg, parts.model, model_choice)
     app = create_app(cfg, parts, presets, default_strength, allowed_hosts=allowed_hosts(host))
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")

@@ -2,9 +2,10 @@
 
 The presets are the ``strength`` config group (``low``, ``mid``, ``high``): they
 differ in the L-inf budget, the number of steps and the perceptual budget, and
-one attack per preset shares the run's model and detector. (On the command line
-``strength=high`` also selects ``model=ensemble_all``; the page keeps the model
-it was started with, ``model=`` of ``python -m cloak.web``, for every preset.) ``strength=`` picks
+a preset may choose its model as on the command line (``high`` selects
+``model=ensemble_all``): :func:`preset_models` gives each preset the model the
+command line would, unless the page was started with an explicit ``model=``,
+which then serves every preset. The detector is shared. ``strength=`` picks
 the preset the page starts with; fields of ``cfg.strength`` that differ from that
 preset's file (``strength.steps=2``) are overrides and apply to every preset.
 """
@@ -12,13 +13,15 @@ preset's file (``strength.steps=2``) are overrides and apply to every preset.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
 from cloak.config import config_dir
+from cloak.models.base import FaceEmbedder
+from cloak.models.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class StrengthPreset:
         steps: optimisation steps.
         max_dssim: perceptual budget of the face region.
         attack: the attack configured with this strength.
+        model: the model this preset cloaks with; ``None``: the page's (``parts.model``).
     """
 
     name: str
@@ -43,17 +47,66 @@ class StrengthPreset:
     steps: int
     max_dssim: float | None
     attack: Attack
+    model: FaceEmbedder | Ensemble | None = None
 
 
-def preset_file(name: str) -> DictConfig:
-    """The ``strength/<name>.yaml`` budgets as written, without overrides (and without its defaults list)."""
+def _load(name: str) -> DictConfig:
     path = config_dir() / "strength" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"strength preset {name!r} not found at {path}; reinstall cloak")
     loaded = OmegaConf.load(path)
     assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def preset_file(name: str) -> DictConfig:
+    """The ``strength/<name>.yaml`` budgets as written, without overrides (and without its defaults list)."""
+    loaded = _load(name)
     loaded.pop("defaults", None)  # Hydra's choice of other groups (high's model), not a budget
     return loaded
+
+
+def preset_model_choice(name: str, default: str) -> str:
+    """The ``model`` config preset ``name`` selects in its defaults list (high: ``ensemble_all``), else ``default``."""
+    entries = _load(name).get("defaults", ListConfig([]))
+    for entry in entries:
+        if isinstance(entry, DictConfig):
+            for key, value in entry.items():
+                if str(key).replace("override ", "").strip().startswith("/model"):
+                    return str(value)
+    return default
+
+
+def preset_models(
+    presets: dict[str, StrengthPreset], cfg: DictConfig, page_model: FaceEmbedder | Ensemble, page_choice: str
+) -> dict[str, StrengthPreset]:
+    """Gives each preset the model ``strength=<name>`` selects on the command line.
+
+    Args:
+        presets: from :func:`build_presets`.
+        cfg: the page's composed config (its device; the model configs are composed anew).
+        page_model: the model the page was started with, used by every preset whose choice is ``page_choice``.
+        page_choice: the name of that model's config (Hydra's ``model`` choice).
+
+    Returns:
+        The presets, each with its ``model`` set; models are built once per config.
+    """
+    from cloak.config import load_config
+
+    default = str(next(e["model"] for e in OmegaConf.load(config_dir() / "serve.yaml").defaults if "model" in e))
+    models: dict[str, FaceEmbedder | Ensemble] = {page_choice: page_model}
+    out = {}
+    for name, preset in presets.items():
+        choice = preset_model_choice(name, default)
+        if choice not in models:
+            log.info("Loading model=%s for the %s preset", choice, name)
+            run_cfg = cfg.copy()
+            run_cfg.model = load_config([f"model={choice}"], config_name="serve").model
+            built = build_from_config(run_cfg, need_detector=False, need_attack=False).model
+            assert built is not None
+            models[choice] = built
+        out[name] = replace(preset, model=models[choice])
+    return out
 
 
 def chosen_preset(strength: DictConfig) -> str:

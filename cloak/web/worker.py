@@ -313,11 +313,12 @@ class CloakWorker:
                 raise _Stopped
             job.step += n
 
-        [cloaked] = cloak_photos([loaded.rgb], [faces], preset.attack, parts.model, parts.device, progress)
+        model = preset.model if preset.model is not None else parts.model
+        [cloaked] = cloak_photos([loaded.rgb], [faces], preset.attack, model, parts.device, progress)
         if self._stop.is_set():  # stopping: write nothing more into the folder being deleted
             raise _Stopped
         job.status = SAVING
-        report = measure(loaded.rgb, cloaked, faces, parts.model, parts.device)
+        report = measure(loaded.rgb, cloaked, faces, model, parts.device)
         job.result = save_photo(cloaked, loaded, dest, **save_kw)
         self._write_previews(job, loaded, cloaked)
         job.report = {
