@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
-from cloak.config import config_dir
+from cloak.config import config_dir, load_config
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble
 
@@ -91,9 +91,8 @@ def preset_models(
     Returns:
         The presets, each with its ``model`` set; models are built once per config.
     """
-    from cloak.config import load_config
-
-    default = str(next(e["model"] for e in OmegaConf.load(config_dir() / "serve.yaml").defaults if "model" in e))
+    serve_defaults = OmegaConf.load(config_dir() / "serve.yaml").defaults
+    default = str(next(e["model"] for e in serve_defaults if isinstance(e, DictConfig) and "model" in e))
     models: dict[str, FaceEmbedder | Ensemble] = {page_choice: page_model}
     out = {}
     for name, preset in presets.items():
