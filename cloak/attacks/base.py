@@ -299,10 +299,10 @@ class Attack:
         """
         ensemble = as_ensemble(model)
         views = self.views(ensemble)
-        unknown = set(self.member_prob) - {name.split("/")[0] for name in views}
+        members = sorted(name for name, _, _ in ensemble.items())
+        unknown = sorted(set(self.member_prob) - set(members))
         if unknown:
-            members = sorted({name.split("/")[0] for name in views})
-            raise ValueError(f"member_prob names {sorted(unknown)}, not members of the model; its members: {members}")
+            raise ValueError(f"member_prob names {unknown}, not members of the model; its members: {members}")
         if not photos:
             return []
         with _frozen(ensemble), skip_gradient(ensemble, self.skip_gradient):
@@ -326,6 +326,9 @@ class Attack:
         velocity = [torch.zeros_like(d) for d in deltas]
         stopping = _EarlyStop(self, [len(p.landmarks) for p in photos])
         sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
+        # Every view's weight: members sitting out a step (member_prob) do not raise the
+        # others' share, so the expected loss is the full ensemble's.
+        total_weight = sum(w for _, w in views.values())
 
         for step in range(self.steps):
             active = self.sampled_members(self.active_views(views, step_gen), step_gen)
@@ -342,9 +345,7 @@ class Attack:
                 refs,
                 stopping.face_rows(live),
             )
-            # Normalised by every view's weight, so members sitting out this step do not
-            # raise the others' share: the expected loss is the full ensemble's.
-            loss = self._weigh(active, per_view, total=sum(w for _, w in views.values())).sum()
+            loss = self._weigh(active, per_view, total=total_weight).sum()
             for i in live:
                 # SSIM costs a third of a step: measure every photo every few steps, and in
                 # between only those that were close to the budget.
