@@ -172,6 +172,30 @@ def test_ensemble_and_models_restored(tiny_embedder):
     assert all(p.requires_grad for p in ens.parameters())
 
 
+def test_members_of_one_template_share_one_warp(tiny_embedder, monkeypatch):
+    """Members with the same template and input size (SFace, EdgeFace) get one warped crop per photo and draw."""
+    import cloak.attacks.base as base
+
+    a, b = tiny_embedder(seed=0, dtype=torch.float64), tiny_embedder(seed=1, dtype=torch.float64)
+    c = tiny_embedder(seed=2, dtype=torch.float64)
+    c.template = c.template + 1.0  # another layout
+    ens = Ensemble({"a": a, "b": b, "c": c})
+    photos = _photos(2)
+    attack = PGD(eps=8, steps=3, max_dssim=None, transform=RobustTransform())
+    calls = []
+    warp = base.warp_crops
+    monkeypatch.setattr(base, "warp_crops", lambda *args: calls.append(args[2]) or warp(*args))
+    cloaked = attack(ens, photos)
+    # Clean crops, 3 steps and the final check, each 2 photos x 2 layouts (a and b share one).
+    assert len(calls) == 5 * 2 * 2
+    assert all(0 < (r.photo - p.photo).abs().max() <= 8 / 255 + 1e-9 for p, r in zip(photos, cloaked))
+    regions = [base.face_region(p, {"a": a, "b": b, "c": c}) for p in photos]
+    crops = attack._crops(
+        {n: (m, 1.0) for n, m in (("a", a), ("b", b), ("c", c))}, [p.photo for p in photos], regions, None
+    )
+    assert torch.equal(crops["a"], crops["b"]) and not torch.equal(crops["a"], crops["c"])
+
+
 def test_member_sampling_skips_a_member_at_some_steps_and_reweights_it(tiny_embedder):
     """member_prob leaves a member out of about that share of steps, divides its weight by it, keeps the rest."""
     a, b = tiny_embedder(seed=0, dtype=torch.float64), tiny_embedder(seed=1, dtype=torch.float64)

@@ -397,17 +397,25 @@ class Attack:
     ) -> dict[str, torch.Tensor]:
         """Per view, the ``[F_total, 3, h, w]`` crops of all faces of all photos."""
         crops: dict[str, list[torch.Tensor]] = {name: [] for name in views}
+        # Models with one template and input size (SFace and EdgeFace: ArcFace's 112x112) see
+        # the same crop of a photo under the same draw: it is warped once for all of them.
+        layouts = {
+            name: (model.input_size, tuple(model.template.flatten().tolist())) for name, (model, _) in views.items()
+        }
         for i, (img, region) in enumerate(zip(images, regions)):
             draw = draws[i] if draws is not None else Distortion()
             if self.transform is not None and draws is not None:
                 img = self.transform.distort(img, draw)
+            warped: dict[tuple, torch.Tensor] = {}
             for name, (model, _) in views.items():
-                m = region.matrices[name]
-                if draws is not None:
-                    m = RobustTransform.jitter(m, draw, model.input_size)
-                if draws is not None and draw.diversity is not None:
-                    m = shrink_crop(m, draw.diversity, model.input_size)
-                crops[name].append(warp_crops(img.expand(len(m), -1, -1, -1), m, model.input_size))
+                if layouts[name] not in warped:
+                    m = region.matrices[name]
+                    if draws is not None:
+                        m = RobustTransform.jitter(m, draw, model.input_size)
+                    if draws is not None and draw.diversity is not None:
+                        m = shrink_crop(m, draw.diversity, model.input_size)
+                    warped[layouts[name]] = warp_crops(img.expand(len(m), -1, -1, -1), m, model.input_size)
+                crops[name].append(warped[layouts[name]])
         return {name: torch.cat(c) for name, c in crops.items()}
 
     def _view_losses(
