@@ -50,6 +50,7 @@ from cloak.builders import Parts, build_from_config
 from cloak.config import config_dir, load_config
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo
+from cloak.protect import to_tensor
 from cloak.resources import StageTimer, peak_rss_bytes, release_free_memory, reset_peak_rss
 from cloak.run import run
 
@@ -224,7 +225,7 @@ def limit_seconds(parts: Parts, folder: Path, batch_size: int, steps_per_face: f
         faces = parts.detector.detect(rgb)
         if not faces:
             continue
-        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(parts.device)
+        image = to_tensor(rgb, parts.device)
         lm = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=image.dtype, device=parts.device)
         for name, member in members.items():
             current[name].append(align_faces(image, lm, member.template, member.input_size))

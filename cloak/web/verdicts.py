@@ -16,6 +16,7 @@ from cloak.protect import FaceReport
 MODEL_LABELS = {
     "dlib_resnet": "dlib's face model",
     "sface": "OpenCV's SFace",
+    "edgeface": "EdgeFace (Idiap)",
     "facenet_vggface2": "FaceNet (VGGFace2)",
     "facenet_casia": "FaceNet (CASIA-WebFace)",
 }
