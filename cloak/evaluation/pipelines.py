@@ -11,8 +11,11 @@ A tracker scrapes photos and embeds the face in each with its own pipeline:
   descriptor from the photo and the shape. It shares no code with the cloak
   (another detector, another alignment, dlib's C++ network), so it is an
   independent tracker even though its weights are those of ``dlib_resnet``.
+* :class:`CropPipeline`: the two public steps (crop the largest face, embed the
+  crop) that the native pipelines run by OpenCV share (FaceNet's, EdgeFace's),
+  with :func:`dnn_forward` for OpenCV's DNN engine.
 
-Both keep the **largest** face of a photo. A photo where the pipeline finds no
+All keep the **largest** face of a photo. A photo where the pipeline finds no
 face gets no embedding (``found`` is False); :mod:`cloak.evaluation.trackers`
 drops such photos from a tracker's training set and counts such probes as not
 recognised. Which trackers exist, and how each is built, is
@@ -64,6 +67,44 @@ def embed_each(
         if progress is not None:
             progress(1)
     return Embedded(emb, found)
+
+
+class CropPipeline:
+    """A native pipeline of two public steps: :meth:`crop` the largest face, then :meth:`feature` it.
+
+    Subclasses set :attr:`name` and :attr:`embedding_dim` and implement both steps;
+    :meth:`embed` runs them photo by photo.
+    """
+
+    name: str
+    #: Length of :meth:`feature`'s output.
+    embedding_dim: int
+
+    @property
+    def trackers(self) -> list[str]:
+        return [self.name]
+
+    def crop(self, photo: np.ndarray) -> np.ndarray | None:
+        """The network's input crop of the largest face in ``photo`` (``[H, W, 3]`` uint8 RGB), or ``None``."""
+        raise NotImplementedError
+
+    def feature(self, crop: np.ndarray) -> np.ndarray:
+        """The network's raw embedding of one :meth:`crop`."""
+        raise NotImplementedError
+
+    def embed_one(self, photo: np.ndarray) -> np.ndarray | None:
+        """The raw embedding of the largest face in ``photo``, or ``None`` when there is none."""
+        crop = self.crop(photo)
+        return None if crop is None else self.feature(crop)
+
+    def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
+        return {self.name: embed_each(self.embed_one, photos, self.embedding_dim, progress)}
+
+
+def dnn_forward(net, image: np.ndarray) -> np.ndarray:
+    """One ``[H, W, C]`` float image through an OpenCV DNN network (as a batch of one, NCHW); flat float32 out."""
+    net.setInput(np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32))
+    return np.asarray(net.forward(), dtype=np.float32).reshape(-1)
 
 
 class Pipeline(Protocol):
