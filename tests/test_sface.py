@@ -278,7 +278,7 @@ def test_native_pipeline_agrees_with_ours(native, model, detector, astronaut):
 
 def test_native_sface_equals_ours_on_its_own_crop(native, model, astronaut):
     """OpenCV's DNN engine (its own int8 dequantisation) and our network give the same raw feature."""
-    crop_bgr = native.aligned_crop(astronaut)
+    crop_bgr = native.crop(astronaut)
     assert crop_bgr.shape == (112, 112, 3)
     theirs = native.feature(crop_bgr)
     rgb = torch.from_numpy(np.ascontiguousarray(crop_bgr[:, :, ::-1])).permute(2, 0, 1)[None].float() / 255.0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.opencv_pipeline import opencv_model_files
+from cloak.evaluation.opencv_pipeline import YuNet, opencv_model_files
 from cloak.evaluation.pipelines import CropPipeline, dnn_forward
 from cloak.models.edgeface import checked_weights_path
 
@@ -69,21 +69,13 @@ class OpenCVEdgeFacePipeline(CropPipeline):
         import cv2
 
         self._cv2 = cv2
-        yunet = opencv_model_files(detector_dir)["detector"]
-        self._detector = cv2.FaceDetectorYN.create(
-            str(yunet), "", (320, 320), float(score_threshold), float(nms_threshold), 5000
-        )
+        self._detector = YuNet(opencv_model_files(detector_dir)["detector"], score_threshold, nms_threshold)
         self._net = cv2.dnn.readNetFromONNX(str(checked_weights_path(model_path)))
 
     def landmarks(self, photo: np.ndarray) -> np.ndarray | None:
         """YuNet's five landmarks ``[5, 2]`` of the largest face in an RGB photo, or ``None``."""
-        bgr = self._cv2.cvtColor(np.ascontiguousarray(photo), self._cv2.COLOR_RGB2BGR)
-        self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, faces = self._detector.detect(bgr)
-        if faces is None or len(faces) == 0:
-            return None
-        largest = faces[int(np.argmax(faces[:, 2] * faces[:, 3]))]
-        return np.asarray(largest[4:14], np.float64).reshape(5, 2)
+        largest = YuNet.largest(self._detector.detect_bgr(self._detector.bgr(photo)))
+        return None if largest is None else np.asarray(largest[4:14], np.float64).reshape(5, 2)
 
     def crop(self, photo: np.ndarray) -> np.ndarray | None:
         """The 112x112 RGB crop of the largest face, warped onto :data:`ARCFACE_112`, or ``None``."""

