@@ -11,6 +11,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def altered_copy(source: Path, copy: Path) -> Path:
+    """``copy``: ``source`` with one byte in its middle inverted (a corrupt or tampered weight file)."""
+    import shutil
+
+    shutil.copyfile(source, copy)
+    middle = copy.stat().st_size // 2
+    with open(copy, "r+b") as fh:
+        fh.seek(middle)
+        byte = fh.read(1)
+        fh.seek(middle)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    return copy
+
+
 def lfw_dev_path() -> Path:
     """Where lfw-dev lives: ``$CLOAK_LFW_DEV`` or ``../shared/data/lfw-dev`` beside the repo."""
     return Path(os.environ.get("CLOAK_LFW_DEV", REPO_ROOT.parent / "shared" / "data" / "lfw-dev"))

