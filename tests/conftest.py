@@ -30,6 +30,35 @@ def lfw_dev_path() -> Path:
     return Path(os.environ.get("CLOAK_LFW_DEV", REPO_ROOT.parent / "shared" / "data" / "lfw-dev"))
 
 
+def first_lfw_photos(count: int) -> list[np.ndarray]:
+    """The first photo of each of the first ``count`` lfw-dev identities (RGB); none without lfw-dev."""
+    from cloak.photos import load_photo
+
+    root = lfw_dev_path()
+    if not root.is_dir():
+        return []
+    folders = sorted(p for p in root.iterdir() if p.is_dir())[:count]
+    return [load_photo(sorted(f.glob("*.jpg"))[0]).rgb for f in folders]
+
+
+def mtcnn_crops(photos: list[np.ndarray], template, size: tuple[int, int]):
+    """``[N, 3, h, w]``: each photo's first face, found by our MTCNN and aligned onto ``template``."""
+    import torch
+
+    from cloak.alignment import align_faces
+    from cloak.detection import FaceDetector
+    from cloak.protect import to_tensor
+
+    detector = FaceDetector(device="cpu")
+    crops = []
+    for photo in photos:
+        found = detector.detect(photo)
+        assert found, "MTCNN found no face in a test photo"
+        lm = torch.as_tensor(found[0].landmarks[None], dtype=torch.float32)
+        crops.append(align_faces(to_tensor(photo), lm, template, size))
+    return torch.cat(crops)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip cleanly on machines without CUDA."""
     import torch

@@ -6,10 +6,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import altered_copy, lfw_dev_path
+from conftest import altered_copy, first_lfw_photos, mtcnn_crops
 
-from cloak.alignment import align_faces
-from cloak.detection import FaceDetector
 from cloak.evaluation.tracker_registry import NATIVE_TRACKERS, build_pipelines, relation
 from cloak.evaluation.verification import verification_auc
 from cloak.models.edgeface import (
@@ -22,8 +20,6 @@ from cloak.models.edgeface import (
 )
 from cloak.models.sface import ARCFACE_TEMPLATE
 from cloak.models.weights import WeightsUnavailableError
-from cloak.photos import load_photo
-from cloak.protect import to_tensor
 
 TOLERANCE = 1e-4  # max |torch - OpenCV| over raw output entries (entries reach ~0.4)
 LFW_FACES = 5  # lfw-dev identities whose first photo joins the equivalence check
@@ -45,25 +41,13 @@ def native():
 @pytest.fixture(scope="module")
 def photos(astronaut: np.ndarray) -> list[np.ndarray]:
     """The astronaut, and the first photo of a few lfw-dev identities when lfw-dev is there."""
-    photos = [astronaut]
-    root = lfw_dev_path()
-    if root.is_dir():
-        folders = sorted(p for p in root.iterdir() if p.is_dir())[:LFW_FACES]
-        photos += [load_photo(sorted(f.glob("*.jpg"))[0]).rgb for f in folders]
-    return photos
+    return [astronaut, *first_lfw_photos(LFW_FACES)]
 
 
 @pytest.fixture(scope="module")
 def our_crops(photos) -> torch.Tensor:
     """``[N, 3, 112, 112]`` crops aligned by our pipeline (MTCNN + differentiable warp)."""
-    detector = FaceDetector(device="cpu")
-    crops = []
-    for photo in photos:
-        found = detector.detect(photo)
-        assert found, "MTCNN found no face in a test photo"
-        lm = torch.as_tensor(found[0].landmarks[None], dtype=torch.float32)
-        crops.append(align_faces(to_tensor(photo), lm, ARCFACE_TEMPLATE, (112, 112)))
-    return torch.cat(crops)
+    return mtcnn_crops(photos, ARCFACE_TEMPLATE, (112, 112))
 
 
 def test_matches_opencv_running_the_onnx_graph_on_real_faces(model, native, photos):

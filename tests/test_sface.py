@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import altered_copy, lfw_dev_path
+from conftest import altered_copy, first_lfw_photos, mtcnn_crops
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
@@ -50,27 +49,10 @@ def shipped_graph() -> onnx.ModelProto:
 
 
 @pytest.fixture(scope="module")
-def faces(detector: FaceDetector, astronaut: np.ndarray) -> torch.Tensor:
+def faces(astronaut: np.ndarray) -> torch.Tensor:
     """``[N, 3, 112, 112]`` crops aligned by our pipeline: the astronaut, mirrored, and a few lfw-dev faces if present."""
-    photos = [astronaut]
-    root = lfw_dev_path()
-    if root.is_dir():
-        folders = sorted(p for p in root.iterdir() if p.is_dir())[:LFW_FACES]
-        photos += [np.asarray(_rgb(sorted(f.glob("*.jpg"))[0])) for f in folders]
-    crops = []
-    for photo in photos:
-        found = detector.detect(photo)
-        assert found, "MTCNN found no face in a test photo"
-        lm = torch.as_tensor(found[0].landmarks[None], dtype=torch.float32)
-        crops.append(align_faces(to_tensor(photo), lm, ARCFACE_TEMPLATE, (112, 112)))
-    crops.append(crops[0].flip(-1))
-    return torch.cat(crops)
-
-
-def _rgb(path: Path):
-    from PIL import Image
-
-    return Image.open(path).convert("RGB")
+    crops = mtcnn_crops([astronaut, *first_lfw_photos(LFW_FACES)], ARCFACE_TEMPLATE, (112, 112))
+    return torch.cat([crops, crops[:1].flip(-1)])
 
 
 def _run_onnxruntime(graph: onnx.ModelProto, faces: torch.Tensor) -> np.ndarray:
