@@ -78,9 +78,7 @@ def insightface_model_files(model_dir: str | Path | None = None) -> dict[str, Pa
 def _session(path: Path):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the shipped graphs carry unused initialisers; ORT warns about each
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:

@@ -12,8 +12,9 @@ A tracker scrapes photos and embeds the face in each with its own pipeline:
   (another detector, another alignment, dlib's C++ network), so it is an
   independent tracker even though its weights are those of ``dlib_resnet``.
 * :class:`CropPipeline`: the two public steps (crop the largest face, embed the
-  crop) that the native pipelines run by OpenCV share (SFace's, FaceNet's,
-  EdgeFace's), with :func:`dnn_forward` for OpenCV's DNN engine.
+  crop) that the other native pipelines share (SFace's, FaceNet's and EdgeFace's
+  run by OpenCV, InsightFace's by onnxruntime), with :func:`dnn_forward` for
+  OpenCV's DNN engine.
 
 All keep the **largest** face of a photo. A photo where the pipeline finds no
 face gets no embedding (``found`` is False); :mod:`cloak.evaluation.trackers`
