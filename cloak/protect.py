@@ -33,7 +33,7 @@ from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import pixels, to_uint8
 from cloak.quality import FACE_BOX_GROWTH, SSIM_WINDOW, face_quality, ssim_map
-from cloak.windows import JPEG_BLOCK, Box, changed_box, common_grid, cut, merge_overlapping, window_around
+from cloak.windows import JPEG_BLOCK, Box, changed_boxes, common_grid, cut, merge_overlapping, window_around
 from cloak.working_scale import enlarge_cloak, shrink_job, working_factor
 
 log = logging.getLogger(__name__)
@@ -171,22 +171,28 @@ def photo_quality(original: np.ndarray, cloaked: np.ndarray) -> tuple[float, flo
     padding) holds no changed pixel has a local SSIM of exactly 1, and no error.
     Identical photos give ``(1.0, inf)``.
     """
-    box = changed_box(original, cloaked)
-    if box is None:
+    reach = SSIM_WINDOW // 2
+    # Changed regions more than two SSIM windows apart (faces far apart in a large photo)
+    # are measured each on its own: no pixel's window then sees two of them.
+    boxes = changed_boxes(original, cloaked, min_gap=2 * reach + 1)
+    if not boxes:
         return 1.0, math.inf
     size = original.shape[:2]
     pixels = size[0] * size[1]
-    reach = SSIM_WINDOW // 2
-    # Pixels whose SSIM can differ from 1, and the context their windows read.
-    inner = window_around(box, size, margin=reach, align=1)
-    outer = window_around(box, size, margin=2 * reach, align=1)
-    a, b = to_tensor(cut(original, outer)), to_tensor(cut(cloaked, outer))
-    local = ssim_map(a, b)[0, 0].double()
-    x0, y0 = inner[0] - outer[0], inner[1] - outer[1]
-    affected = local[y0 : y0 + inner[3] - inner[1], x0 : x0 + inner[2] - inner[0]]
-    mean_ssim = (pixels - affected.numel() + float(affected.sum())) / pixels
-    mse = float((a.double() - b.double()).pow(2).sum()) / (3 * pixels)
-    return mean_ssim, 10.0 * math.log10(1.0 / mse)
+    ssim_sum, affected_pixels, squared_error = 0.0, 0, 0.0
+    for box in boxes:
+        # Pixels whose SSIM can differ from 1, and the context their windows read.
+        inner = window_around(box, size, margin=reach, align=1)
+        outer = window_around(box, size, margin=2 * reach, align=1)
+        a, b = to_tensor(cut(original, outer)), to_tensor(cut(cloaked, outer))
+        local = ssim_map(a, b)[0, 0].double()
+        x0, y0 = inner[0] - outer[0], inner[1] - outer[1]
+        affected = local[y0 : y0 + inner[3] - inner[1], x0 : x0 + inner[2] - inner[0]]
+        ssim_sum += float(affected.sum())
+        affected_pixels += affected.numel()
+        squared_error += float((a.double() - b.double()).pow(2).sum())
+    mean_ssim = (pixels - affected_pixels + ssim_sum) / pixels
+    return mean_ssim, 10.0 * math.log10(3 * pixels / squared_error)
 
 
 def _face_reads(matrices: dict[str, torch.Tensor], members: dict[str, FaceEmbedder], boxes: torch.Tensor) -> list[Box]:

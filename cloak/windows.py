@@ -92,15 +92,49 @@ def common_grid(*grids: int) -> int:
     return out
 
 
-def changed_box(a: np.ndarray, b: np.ndarray) -> Box | None:
-    """The bounding box of the pixels where two ``[H, W, C]`` arrays differ; None when they are equal."""
+def changed_boxes(a: np.ndarray, b: np.ndarray, min_gap: int = 1) -> list[Box]:
+    """Boxes holding every pixel where two ``[H, W, C]`` arrays differ, split where they lie apart.
+
+    The bounding box of the changed pixels is cut along any run of at least ``min_gap``
+    unchanged rows or columns, and each part again (an XY cut), so faces far apart in
+    a large photo give a box each instead of one box spanning the photo. Any two boxes
+    returned are at least ``min_gap`` pixels apart in x or in y.
+
+    Args:
+        a: first array, ``[H, W]`` or ``[H, W, C]``.
+        b: second array, same shape.
+        min_gap: the fewest unchanged rows or columns that separate two boxes (>= 1).
+
+    Returns:
+        ``[(x0, y0, x1, y1), ...]`` (``x1``, ``y1`` exclusive); empty when the arrays are equal.
+
+    Raises:
+        ValueError: if the shapes differ or ``min_gap`` is below 1.
+    """
     if a.shape != b.shape:
         raise ValueError(f"the photos must have one shape, got {a.shape} and {b.shape}")
+    if min_gap < 1:
+        raise ValueError(f"min_gap must be >= 1, got {min_gap}")
     diff = (a != b).any(axis=2) if a.ndim == 3 else a != b
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    return _xy_cut(diff, 0, 0, min_gap)
+
+
+def _xy_cut(mask: np.ndarray, x: int, y: int, min_gap: int) -> list[Box]:
+    """The boxes of :func:`changed_boxes` for ``mask``, whose top-left pixel is ``(x, y)`` in the photo."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return None
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        return []
+    for axis, hits in ((0, rows), (1, cols)):
+        breaks = np.flatnonzero(np.diff(hits) > min_gap)
+        if breaks.size:
+            starts = np.concatenate([[hits[0]], hits[breaks + 1]])
+            ends = np.concatenate([hits[breaks], [hits[-1]]]) + 1
+            boxes = []
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                part = mask[s:e] if axis == 0 else mask[:, s:e]
+                boxes += _xy_cut(part, x + s * axis, y + s * (1 - axis), min_gap)
+            return boxes
+    return [(x + int(cols[0]), y + int(rows[0]), x + int(cols[-1]) + 1, y + int(rows[-1]) + 1)]
 
 
 def cut(photo: np.ndarray, box: Box) -> np.ndarray:

@@ -14,7 +14,7 @@ from cloak.attacks import PGD, PhotoFaces, photo_seed
 from cloak.photos import to_tensor, to_uint8
 from cloak.protect import cloak_photos, jpeg_round_trip, measure, photo_quality, pixels_seed
 from cloak.quality import face_quality, psnr, ssim
-from cloak.windows import changed_box, merge_overlapping, window_around
+from cloak.windows import changed_boxes, merge_overlapping, window_around
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -66,13 +66,22 @@ def test_window_is_aligned_and_clipped():
         window_around((300, 0, 310, 10), (100, 200), margin=0)
 
 
-def test_changed_box():
-    a = np.zeros((20, 30, 3), np.uint8)
-    assert changed_box(a, a.copy()) is None
+def test_changed_boxes_split_where_changes_lie_apart():
+    a = np.zeros((40, 60, 3), np.uint8)
+    assert changed_boxes(a, a.copy()) == []
     b = a.copy()
     b[3, 7, 1] = 1
     b[12, 4, 0] = 9
-    assert changed_box(a, b) == (4, 3, 8, 13)
+    assert changed_boxes(a, b, min_gap=20) == [(4, 3, 8, 13)]
+    # rows 3 and 12 lie 8 unchanged rows apart: cut at a gap of 8, not at 9
+    assert changed_boxes(a, b, min_gap=8) == [(7, 3, 8, 4), (4, 12, 5, 13)]
+    assert changed_boxes(a, b, min_gap=9) == [(4, 3, 8, 13)]
+    # an L of changes: the columns cut first, then each part on its own rows
+    b[30:35, 40:50] = 7
+    b[35:38, 55:58] = 7
+    assert changed_boxes(a, b, min_gap=4) == [(7, 3, 8, 4), (4, 12, 5, 13), (40, 30, 50, 35), (55, 35, 58, 38)]
+    with pytest.raises(ValueError, match="min_gap"):
+        changed_boxes(a, b, min_gap=0)
 
 
 # ---- measuring on windows equals measuring the whole photo -----------------------------
@@ -80,8 +89,17 @@ def test_changed_box():
 
 @pytest.mark.parametrize(
     "changed",
-    [[(40, 30, 90, 80)], [(0, 0, 25, 18), (150, 95, 200, 120)], [(10, 10, 11, 11)], []],
-    ids=["one region", "two regions at the borders", "one pixel", "nothing"],
+    [
+        [(40, 30, 90, 80)],
+        [(0, 0, 25, 18), (150, 95, 200, 120)],
+        [(10, 10, 40, 40), (60, 12, 90, 50), (70, 70, 100, 110)],
+        [(10, 10, 40, 40), (60, 15, 90, 50), (40, 20, 61, 22)],
+        [(10, 10, 40, 40), (51, 10, 80, 40)],
+        [(10, 10, 40, 40), (47, 10, 80, 40)],
+        [(10, 10, 11, 11)],
+        [],
+    ],
+    ids=["one region", "two regions at the borders", "three apart", "three near", "just apart", "one window apart", "one pixel", "nothing"],
 )
 def test_photo_quality_equals_whole_photo_ssim_and_psnr(changed):
     original = _photo(120, 200)
