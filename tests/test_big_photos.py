@@ -99,7 +99,16 @@ def test_changed_boxes_split_where_changes_lie_apart():
         [(10, 10, 11, 11)],
         [],
     ],
-    ids=["one region", "two regions at the borders", "three apart", "three near", "just apart", "one window apart", "one pixel", "nothing"],
+    ids=[
+        "one region",
+        "two regions at the borders",
+        "three apart",
+        "three near",
+        "just apart",
+        "one window apart",
+        "one pixel",
+        "nothing",
+    ],
 )
 def test_photo_quality_equals_whole_photo_ssim_and_psnr(changed):
     original = _photo(120, 200)
