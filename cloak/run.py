@@ -304,6 +304,10 @@ def _summarise(outcome: Outcome, output: Path) -> None:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for r in [header, ["-" * w for w in widths], *rows]:
             log.info("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        log.info(
+            "dist: how far each model sees the photo's least-moved face from the original, as written and after "
+            "JPEG q75; beyond (thr), the model's same-person threshold, it takes them for two people"
+        )
         faces = [f for rep in outcome.cloaked.values() for f in rep.faces]
         measured = [f for f in faces if f.ssim is not None]
         if measured:
