@@ -14,9 +14,25 @@ from cloak.evaluation.platform import (
     parse_platform_transform,
     purify,
     social,
+    webp,
 )
 
-NAMES = ["none", "jpeg95", "jpeg85", "jpeg75", "jpeg50", "down0.75", "down0.5", "down0.25", "blur", "social", "purify"]
+NAMES = [
+    "none",
+    "jpeg95",
+    "jpeg85",
+    "jpeg75",
+    "jpeg50",
+    "webp90",
+    "webp75",
+    "webp50",
+    "down0.75",
+    "down0.5",
+    "down0.25",
+    "blur",
+    "social",
+    "purify",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +61,17 @@ def test_jpeg_is_a_real_codec(photo):
     assert jpeg(photo, 85).tobytes() == out.tobytes()  # deterministic
     with pytest.raises(ValueError, match=r"\[1, 100\]"):
         jpeg(photo, 0)
+
+
+def test_webp_is_a_real_codec_unlike_jpeg(photo):
+    errors = [_mse(photo, webp(photo, q)) for q in (90, 75, 50)]
+    assert 0 < errors[0] < errors[1] < errors[2]
+    out = webp(photo, 75)
+    assert out.mode == "RGB" and out.size == photo.size
+    assert webp(photo, 75).tobytes() == out.tobytes()  # deterministic
+    assert out.tobytes() != jpeg(photo, 75).tobytes()
+    with pytest.raises(ValueError, match=r"\[1, 100\]"):
+        webp(photo, 101)
 
 
 @pytest.mark.parametrize("factor", [1.0, 0.75, 0.5, 0.25, 0.01])
