@@ -44,6 +44,20 @@ def _small_size(size: tuple[int, int], factor: float) -> tuple[int, int]:
     return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
 
 
+def _check_quality(codec: str, quality: int) -> None:
+    if not 1 <= quality <= 100:
+        raise ValueError(f"{codec} quality must be in [1, 100], got {quality}")
+
+
+def _encode_decode(img: Image.Image, **save_options) -> Image.Image:
+    """The photo encoded in memory with PIL's ``save(**save_options)`` and decoded again, as RGB."""
+    buf = io.BytesIO()
+    _rgb(img).save(buf, **save_options)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
+
+
 def identity(img: Image.Image) -> Image.Image:
     """No transform: the photo as uploaded (an RGB copy).
 
@@ -69,13 +83,8 @@ def jpeg(img: Image.Image, quality: int) -> Image.Image:
     Raises:
         ValueError: if ``quality`` is outside ``[1, 100]``.
     """
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
-    buf = io.BytesIO()
-    _rgb(img).save(buf, format="JPEG", quality=int(quality), subsampling="4:2:0")
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
+    _check_quality("JPEG", quality)
+    return _encode_decode(img, format="JPEG", quality=int(quality), subsampling="4:2:0")
 
 
 def webp(img: Image.Image, quality: int) -> Image.Image:
@@ -95,14 +104,9 @@ def webp(img: Image.Image, quality: int) -> Image.Image:
     Raises:
         ValueError: if ``quality`` is outside ``[1, 100]``.
     """
-    if not 1 <= quality <= 100:
-        raise ValueError(f"WebP quality must be in [1, 100], got {quality}")
-    buf = io.BytesIO()
+    _check_quality("WebP", quality)
     # method 4 is libwebp's default speed/quality trade-off (cwebp's -m 4).
-    _rgb(img).save(buf, format="WEBP", quality=int(quality), method=4)
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
+    return _encode_decode(img, format="WEBP", quality=int(quality), method=4)
 
 
 def downscale(img: Image.Image, factor: float) -> Image.Image:
