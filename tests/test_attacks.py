@@ -423,3 +423,36 @@ def test_cuda_matches_cpu(tiny_embedder):
         assert g.photo.device.type == "cuda"
         # Sign steps can flip on near-zero gradients; most pixels must agree.
         assert (c.photo - g.photo.cpu()).abs().lt(1e-6).float().mean() > 0.95
+
+
+def _dtype_log(model: torch.nn.Module) -> list[torch.dtype]:
+    """The dtypes of the first convolution's outputs, one per forward pass of ``model``."""
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _module, _inputs, output: seen.append(output.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_members_run_in_bfloat16_only_where_native_and_only_while_optimising(
+    native, tiny_embedder, monkeypatch
+):
+    """Named members see bfloat16 in the loop's steps where the device has it; references and final losses stay float32."""
+    monkeypatch.setattr("cloak.attacks.base.native_bfloat16", lambda device: native)
+    a, b = tiny_embedder(seed=0), tiny_embedder(seed=1)
+    seen_a, seen_b = _dtype_log(a), _dtype_log(b)
+    ens = Ensemble({"a": a, "b": b})
+    photos = _photos(2, dtype=torch.float32)
+    steps = 4
+    fast = LowKey(eps=8, steps=steps, max_dssim=None, bfloat16_members=["a", "not_a_member"])(ens, photos)
+    # a's passes: the clean references of its two views (sharp, smoothed), one view each
+    # step, then the final losses of both views.
+    expected = torch.bfloat16 if native else torch.float32
+    assert seen_a == [torch.float32] * 2 + [expected] * steps + [torch.float32] * 2
+    assert set(seen_b) == {torch.float32}
+    plain = LowKey(eps=8, steps=steps, max_dssim=None)(ens, photos)
+    for p, f, q in zip(photos, fast, plain):
+        assert 0 < (f.photo - p.photo).abs().max() <= 8 / 255 + 1e-6
+        assert f.photo.min() >= 0 and f.photo.max() <= 1
+        # Emulated or native, bfloat16 changes the cloak as float rounding would; without it nothing changes.
+        assert torch.equal(f.photo, q.photo) is not native

@@ -23,6 +23,7 @@ from cloak.alignment import warp_crops
 from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
 from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import PhotoFaces, Region, face_region
+from cloak.device import native_bfloat16
 from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -148,6 +149,10 @@ class Attack:
             step (members not named always do). A slow member at 0.5 costs half its time;
             its weight at the steps it takes part in is divided by the probability, so the
             loss matches the full ensemble's in expectation. At least one view always stays.
+        bfloat16_members: ensemble members whose forward and backward run under bfloat16
+            autocast during the optimisation, where the device computes bfloat16 natively
+            (:func:`~cloak.device.native_bfloat16`); elsewhere, and for the clean references
+            and the final losses, float32. Names the model does not have are ignored.
     """
 
     name = "attack"
@@ -179,6 +184,7 @@ class Attack:
         max_chroma: float = 1.0,
         step_schedule: str = "constant",
         member_prob: Mapping[str, float] | None = None,
+        bfloat16_members: Sequence[str] = (),
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -237,6 +243,7 @@ class Attack:
         if background_eps is not None and background_eps <= 0:
             raise ValueError(f"background_eps must be positive (0-255 pixel units) or null, got {background_eps}")
         self.background_eps = None if background_eps is None else float(background_eps) / 255.0
+        self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
         self.member_prob = {str(k): float(v) for k, v in (member_prob or {}).items()}
         for member, prob in self.member_prob.items():
             if not 0 < prob <= 1:
@@ -344,6 +351,7 @@ class Attack:
                 [draws[i] for i in live],
                 refs,
                 stopping.face_rows(live),
+                optimising=True,
             )
             loss = self._weigh(active, per_view, total=total_weight).sum()
             for i in live:
@@ -426,17 +434,23 @@ class Attack:
         draws: list[Distortion] | None,
         refs: dict[str, torch.Tensor],
         faces: list[int] | None = None,
+        optimising: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Per view, the ``[F]`` loss of the faces of ``images``.
 
         ``faces`` indexes the rows of ``refs`` that belong to those images (None: all rows),
-        for steps where some photos of the batch have stopped early.
+        for steps where some photos of the batch have stopped early. ``optimising``: a step
+        of the loop, where :attr:`bfloat16_members` may run in bfloat16.
         """
         crops = self._crops(views, images, regions, draws)
-        return {
-            name: self.face_loss(model(crops[name]), refs[name] if faces is None else refs[name][faces])
-            for name, (model, _) in views.items()
-        }
+        losses = {}
+        for name, (model, _) in views.items():
+            x = crops[name]
+            fast = optimising and name.split("/")[0] in self.bfloat16_members and native_bfloat16(x.device)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
+                embedding = model(x)
+            losses[name] = self.face_loss(embedding.to(x.dtype), refs[name] if faces is None else refs[name][faces])
+        return losses
 
     @staticmethod
     def _weigh(views: Views, per_view: dict[str, torch.Tensor], total: float | None = None) -> torch.Tensor:
