@@ -48,6 +48,7 @@ from PIL import Image
 from cloak.alignment import align_faces
 from cloak.builders import Parts, build_from_config
 from cloak.config import config_dir, load_config
+from cloak.device import native_bfloat16
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo
 from cloak.protect import to_tensor
@@ -194,16 +195,25 @@ def cases(lfw: Path | None, quick: bool, batch_steps: int, photos: int = 8) -> l
 # ---- the limit -----------------------------------------------------------------------
 
 
-def time_forward_backward(parts: Parts, crops: dict[str, torch.Tensor], device: torch.device) -> tuple[float, float]:
-    """Wall and CPU seconds of one forward+backward of every member on its crops (each member's fastest of 3)."""
+def time_forward_backward(
+    parts: Parts, crops: dict[str, torch.Tensor], device: torch.device, bfloat16: frozenset[str] = frozenset()
+) -> tuple[float, float]:
+    """Wall and CPU seconds of one forward+backward of every member on its crops (each member's fastest of 3).
+
+    Members named in ``bfloat16`` run under bfloat16 autocast where the device computes it
+    natively, as the attack runs them (``attack.bfloat16_members``).
+    """
     members = {name: member for name, member, _ in as_ensemble(parts.model).items()}
     wall = cpu = 0.0
     for name, member in members.items():
+        fast = name in bfloat16 and native_bfloat16(device)
         best_wall, best_cpu = float("inf"), float("inf")
         for _ in range(3):
             w, c = time.perf_counter(), time.process_time()
             x = crops[name].clone().requires_grad_(True)
-            member(x).sum().backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+                out = member(x)
+            out.float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             best_wall = min(best_wall, time.perf_counter() - w)
@@ -212,8 +222,13 @@ def time_forward_backward(parts: Parts, crops: dict[str, torch.Tensor], device: 
     return wall, cpu
 
 
-def limit_seconds(parts: Parts, folder: Path, batch_size: int, steps_per_face: float) -> tuple[float, float]:
-    """The bare-compute limit of a case: forward+backward on each batch's crops times the steps taken."""
+def limit_seconds(
+    parts: Parts, folder: Path, batch_size: int, steps_per_face: float, bfloat16: frozenset[str] = frozenset()
+) -> tuple[float, float]:
+    """The bare-compute limit of a case: forward+backward on each batch's crops times the steps taken.
+
+    ``bfloat16``: the members the attack runs in bfloat16 (:func:`time_forward_backward`).
+    """
     members = {name: member for name, member, _ in as_ensemble(parts.model).items()}
     for p in parts.model.parameters():
         p.requires_grad_(False)
@@ -237,7 +252,7 @@ def limit_seconds(parts: Parts, folder: Path, batch_size: int, steps_per_face: f
         batches.append(current)
     wall = cpu = 0.0
     for batch in batches:
-        w, c = time_forward_backward(parts, {k: torch.cat(v) for k, v in batch.items()}, parts.device)
+        w, c = time_forward_backward(parts, {k: torch.cat(v) for k, v in batch.items()}, parts.device, bfloat16)
         wall, cpu = wall + w * steps_per_face, cpu + c * steps_per_face
     return wall, cpu
 
@@ -291,7 +306,8 @@ def run_case(case: Case, model: str, device: str, overrides: list[str], repeats:
         steps_per_face = timer.counts["face_steps"] / faces
     else:  # a run that does not count the steps each face took
         steps_per_face = float(cfg.strength.steps)
-    limit, limit_cpu = limit_seconds(parts, folder, case.batch_size, steps_per_face)
+    bfloat16 = frozenset(cfg.attack.get("bfloat16_members") or ())
+    limit, limit_cpu = limit_seconds(parts, folder, case.batch_size, steps_per_face, bfloat16)
     e2e = sum(timer.wall.get(s, 0.0) for s in STAGES)
     e2e_cpu = sum(timer.cpu.get(s, 0.0) for s in STAGES)
     steps = timer.counts.get("steps", 0)
