@@ -172,7 +172,7 @@ def photo_quality(original: np.ndarray, cloaked: np.ndarray) -> tuple[float, flo
     Identical photos give ``(1.0, inf)``.
     """
     reach = SSIM_WINDOW // 2
-    # Changed regions more than two SSIM windows apart (faces far apart in a large photo)
+    # Changed regions at least an SSIM window (11 px) apart, faces far apart in a large photo,
     # are measured each on its own: no pixel's window then sees two of them.
     boxes = changed_boxes(original, cloaked, min_gap=2 * reach + 1)
     if not boxes:
