@@ -30,6 +30,11 @@ def native_bfloat16(device: torch.device) -> bool:
     return _native_bfloat16(device.type, device.index)
 
 
+def bfloat16_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bfloat16 autocast on ``device`` where it computes bfloat16 natively; elsewhere (or not ``enabled``) a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native_bfloat16(device))
+
+
 @functools.cache
 def _native_bfloat16(kind: str, index: int | None) -> bool:
     if kind == "cuda":

@@ -48,7 +48,7 @@ from PIL import Image
 from cloak.alignment import align_faces
 from cloak.builders import Parts, build_from_config
 from cloak.config import config_dir, load_config
-from cloak.device import native_bfloat16
+from cloak.device import bfloat16_autocast
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo
 from cloak.protect import to_tensor
@@ -206,12 +206,11 @@ def time_forward_backward(
     members = {name: member for name, member, _ in as_ensemble(parts.model).items()}
     wall = cpu = 0.0
     for name, member in members.items():
-        fast = name in bfloat16 and native_bfloat16(device)
         best_wall, best_cpu = float("inf"), float("inf")
         for _ in range(3):
             w, c = time.perf_counter(), time.process_time()
             x = crops[name].clone().requires_grad_(True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            with bfloat16_autocast(device, enabled=name in bfloat16):
                 out = member(x)
             out.float().sum().backward()
             if device.type == "cuda":

@@ -438,7 +438,7 @@ def test_bfloat16_members_run_in_bfloat16_only_where_native_and_only_while_optim
     native, tiny_embedder, monkeypatch
 ):
     """Named members see bfloat16 in the loop's steps where the device has it; references and final losses stay float32."""
-    monkeypatch.setattr("cloak.attacks.base.native_bfloat16", lambda device: native)
+    monkeypatch.setattr("cloak.device.native_bfloat16", lambda device: native)
     a, b = tiny_embedder(seed=0), tiny_embedder(seed=1)
     seen_a, seen_b = _dtype_log(a), _dtype_log(b)
     ens = Ensemble({"a": a, "b": b})

@@ -23,7 +23,7 @@ from cloak.alignment import warp_crops
 from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
 from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import PhotoFaces, Region, face_region
-from cloak.device import native_bfloat16
+from cloak.device import bfloat16_autocast
 from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -446,8 +446,7 @@ class Attack:
         losses = {}
         for name, (model, _) in views.items():
             x = crops[name]
-            fast = optimising and name.split("/")[0] in self.bfloat16_members and native_bfloat16(x.device)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=fast):
+            with bfloat16_autocast(x.device, enabled=optimising and name.split("/")[0] in self.bfloat16_members):
                 embedding = model(x)
             losses[name] = self.face_loss(embedding.to(x.dtype), refs[name] if faces is None else refs[name][faces])
         return losses
