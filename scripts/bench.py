@@ -407,7 +407,7 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        # The same CPU model name covers machines with and without AVX512 (2.6x apart here).
+        # The same CPU model name covers machines with and without AVX512 (2.3-2.6x apart here).
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "native_bfloat16": native_bfloat16(torch.device("cpu")),
         "torch_threads": torch.get_num_threads(),
