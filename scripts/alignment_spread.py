@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cloak.alignment import crop_to_image_matrix
+from cloak.alignment import apply_affine, crop_to_image_matrix, similarity_transform
 from cloak.builders import build
 from cloak.models.sface import ARCFACE_TEMPLATE
 from cloak.photos import load_photo
@@ -53,14 +53,13 @@ def tracker_landmarks() -> dict[str, Callable[[np.ndarray], np.ndarray | None]]:
 def relative_pose(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float, float]:
     """Rotation (degrees), zoom - 1, and x, y shift (fractions of the crop) of their crop in ours."""
     template = ARCFACE_TEMPLATE.to(torch.float64)
-    square = []
-    for landmarks in (ours, theirs):
-        m = crop_to_image_matrix(torch.as_tensor(landmarks, dtype=torch.float64)[None], template)[0]
-        square.append(torch.cat([m, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)]))
-    rel = torch.linalg.inv(square[0]) @ square[1]  # their crop pixels -> our crop pixels
-    a, b = float(rel[0, 0]), float(rel[1, 0])
-    centre = torch.tensor([(CROP - 1) / 2, (CROP - 1) / 2, 1.0], dtype=torch.float64)
-    shift = ((rel @ centre)[:2] - centre[:2]) / CROP
+    to_our_crop = similarity_transform(torch.as_tensor(ours, dtype=torch.float64)[None], template)
+    from_their_crop = crop_to_image_matrix(torch.as_tensor(theirs, dtype=torch.float64)[None], template)
+    # Their crop's x axis and centre, seen in our crop.
+    linear = to_our_crop[0, :, :2] @ from_their_crop[0, :, :2]
+    a, b = float(linear[0, 0]), float(linear[1, 0])
+    centre = torch.full((1, 1, 2), (CROP - 1) / 2, dtype=torch.float64)
+    shift = (apply_affine(to_our_crop, apply_affine(from_their_crop, centre)) - centre)[0, 0] / CROP
     return math.degrees(math.atan2(b, a)), math.hypot(a, b) - 1, float(shift[0]), float(shift[1])
 
 
