@@ -9,6 +9,7 @@ from a caller-owned ``torch.Generator``, so runs are reproducible.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import kornia
@@ -28,6 +29,8 @@ class Distortion:
     blur_sigma: float | None = None
     shift: tuple[float, float] = (0.0, 0.0)
     zoom: float = 1.0
+    #: Alignment rotation about the crop's centre, degrees.
+    rotation: float = 0.0
     #: Input diversity: ``(scale, x, y)``, the face shrunk by ``scale`` inside the crop and
     #: placed at fraction ``(x, y)`` of the room left (see :func:`shrink_crop`).
     diversity: tuple[float, float, float] | None = None
@@ -181,7 +184,8 @@ class RobustTransform(nn.Module):
 
     Each distortion is applied with its probability; parameters are drawn
     uniformly from their ranges. Alignment jitter moves the crop by up to
-    ``max_shift`` of the face crop's size and rescales it by up to ``max_zoom``.
+    ``max_shift`` of the face crop's size, rescales it by up to ``max_zoom`` and
+    turns it by up to ``max_rotation`` degrees about its centre.
 
     Args:
         jpeg_prob: probability of a differentiable JPEG round trip.
@@ -192,6 +196,8 @@ class RobustTransform(nn.Module):
         blur_sigma: ``(low, high)`` blur sigma range, photo pixels.
         max_shift: alignment shift, fraction of the crop size.
         max_zoom: alignment zoom, relative.
+        max_rotation: alignment rotation, degrees (0: none, and the draws of the
+            other distortions are the same as without this argument).
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class RobustTransform(nn.Module):
         blur_sigma: tuple[float, float] = (0.3, 1.2),
         max_shift: float = 0.05,
         max_zoom: float = 0.08,
+        max_rotation: float = 0.0,
     ) -> None:
         super().__init__()
         for name, prob in [("jpeg_prob", jpeg_prob), ("resize_prob", resize_prob), ("blur_prob", blur_prob)]:
@@ -220,19 +227,25 @@ class RobustTransform(nn.Module):
             raise ValueError(f"jpeg_quality must lie in [1, 100], got {tuple(jpeg_quality)}")
         if not (resize_scale[0] > 0 and resize_scale[1] <= 1):
             raise ValueError(f"resize_scale must lie in (0, 1], got {tuple(resize_scale)}")
+        if not 0 <= max_rotation <= 45:
+            raise ValueError(f"max_rotation must lie in [0, 45] degrees, got {max_rotation}")
         self.jpeg_prob, self.jpeg_quality = float(jpeg_prob), tuple(map(float, jpeg_quality))
         self.resize_prob, self.resize_scale = float(resize_prob), tuple(map(float, resize_scale))
         self.blur_prob, self.blur_sigma = float(blur_prob), tuple(map(float, blur_sigma))
         self.max_shift, self.max_zoom = float(max_shift), float(max_zoom)
+        self.max_rotation = float(max_rotation)
 
     @property
     def is_identity(self) -> bool:
         """True when no draw can change anything."""
-        return not (self.jpeg_prob or self.resize_prob or self.blur_prob or self.max_shift or self.max_zoom)
+        return not (
+            self.jpeg_prob or self.resize_prob or self.blur_prob or self.max_shift or self.max_zoom or self.max_rotation
+        )
 
     def sample(self, generator: torch.Generator) -> Distortion:
         """One random draw, using only ``generator``."""
-        u = torch.rand(9, generator=generator, dtype=torch.float64).tolist()
+        # A tenth number only when rotation is on, so runs without it draw as they always did.
+        u = torch.rand(10 if self.max_rotation else 9, generator=generator, dtype=torch.float64).tolist()
 
         def pick(prob: float, rng: tuple[float, float], a: float, b: float) -> float | None:
             return rng[0] + (rng[1] - rng[0]) * b if a < prob else None
@@ -243,6 +256,7 @@ class RobustTransform(nn.Module):
             blur_sigma=pick(self.blur_prob, self.blur_sigma, u[4], u[5]),
             shift=((2 * u[6] - 1) * self.max_shift, (2 * u[7] - 1) * self.max_shift),
             zoom=1.0 + (2 * u[8] - 1) * self.max_zoom,
+            rotation=(2 * u[9] - 1) * self.max_rotation if self.max_rotation else 0.0,
         )
 
     def distort(self, image: torch.Tensor, draw: Distortion) -> torch.Tensor:
@@ -262,19 +276,24 @@ class RobustTransform(nn.Module):
 
     @staticmethod
     def jitter(crop_to_image: torch.Tensor, draw: Distortion, size: tuple[int, int]) -> torch.Tensor:
-        """Shifts and zooms crop matrices about the crop centre.
+        """Shifts, zooms and rotates crop matrices about the crop centre.
 
         Shape:
             - crop_to_image: :math:`(F, 2, 3)`
             - Output: :math:`(F, 2, 3)`
         """
-        if draw.shift == (0.0, 0.0) and draw.zoom == 1.0:
+        if draw.shift == (0.0, 0.0) and draw.zoom == 1.0 and draw.rotation == 0.0:
             return crop_to_image
         h, w = size
         cu, cv = (w - 1) / 2, (h - 1) / 2
-        # crop' = zoom * (crop - centre) + centre + shift, composed in crop coordinates.
-        z = draw.zoom
+        # crop' = zoom * R(angle) (crop - centre) + centre + shift, composed in crop coordinates.
+        angle = math.radians(draw.rotation)
+        a, b = draw.zoom * math.cos(angle), draw.zoom * math.sin(angle)
         adjust = crop_to_image.new_tensor(
-            [[z, 0.0, (1 - z) * cu + draw.shift[0] * w], [0.0, z, (1 - z) * cv + draw.shift[1] * h], [0, 0, 1]]
+            [
+                [a, -b, (1 - a) * cu + b * cv + draw.shift[0] * w],
+                [b, a, (1 - a) * cv - b * cu + draw.shift[1] * h],
+                [0, 0, 1],
+            ]
         )
         return crop_to_image @ adjust

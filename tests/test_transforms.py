@@ -1,10 +1,10 @@
-"""The attack's differentiable filters against kornia's reference implementation."""
+"""The attack's differentiable filters against kornia's reference implementation, and the alignment jitter."""
 
 import kornia
 import pytest
 import torch
 
-from cloak.transforms import separable_gaussian
+from cloak.transforms import Distortion, RobustTransform, separable_gaussian
 
 
 @pytest.mark.parametrize("border", ["reflect", "replicate"])
@@ -33,3 +33,29 @@ def test_separable_gaussian_refuses_what_it_cannot_filter():
         separable_gaussian(x[..., :5, :], 1.5, 11, "reflect")
     # Replicated borders work for any size.
     assert separable_gaussian(x[..., :2, :], 1.5, 11, "replicate").shape == (1, 3, 2, 8)
+
+
+def test_rotation_jitter_turns_the_crop_about_its_centre():
+    size = (112, 96)  # (h, w)
+    centre = torch.tensor([(96 - 1) / 2, (112 - 1) / 2, 1.0], dtype=torch.float64)
+    crop_to_image = torch.tensor([[[2.0, 0.0, 10.0], [0.0, 2.0, 20.0]]], dtype=torch.float64)
+    turned = RobustTransform.jitter(crop_to_image, Distortion(rotation=30.0, zoom=1.1), size)
+    # The crop's centre still lands where it did; a step along the crop's x axis turns by 30 degrees.
+    assert torch.allclose(turned[0] @ centre, crop_to_image[0] @ centre)
+    step = turned[0, :, 0] / crop_to_image[0, 0, 0]
+    angle = torch.rad2deg(torch.atan2(step[1], step[0]))
+    assert torch.isclose(angle, torch.tensor(30.0, dtype=torch.float64))
+    assert torch.isclose(step.norm(), torch.tensor(1.1, dtype=torch.float64))
+
+
+def test_rotation_leaves_the_other_draws_as_they_were():
+    plain, turning = RobustTransform(), RobustTransform(max_rotation=6.0)
+    assert plain.sample(torch.Generator().manual_seed(3)).rotation == 0.0
+    draws = [turning.sample(torch.Generator().manual_seed(s)) for s in range(20)]
+    for s, draw in enumerate(draws):
+        assert draw.zoom == plain.sample(torch.Generator().manual_seed(s)).zoom
+        assert abs(draw.rotation) <= 6.0
+    assert len({d.rotation for d in draws}) == len(draws)
+    assert not RobustTransform(0, resize_prob=0, blur_prob=0, max_shift=0, max_zoom=0, max_rotation=1).is_identity
+    with pytest.raises(ValueError, match="max_rotation"):
+        RobustTransform(max_rotation=-1.0)
