@@ -5,8 +5,9 @@ pipelines, InsightFace's SCRFD for the held-out one) and warps the face onto the
 ArcFace template from them; the cloak is optimised through our MTCNN landmarks.
 For each photo this maps the tracker's crop into ours and reports the rotation,
 zoom and shift between them (shift as a fraction of the crop), so the alignment
-jitter of the attack's distortions (``transform.max_zoom``, ``transform.max_shift``) can be
-set on facts (experiments/README.md, "Rotation").
+jitter of the attack's distortions (``transform.max_zoom``, ``transform.max_shift``,
+``transform.max_rotation``) can be set on facts (experiments/README.md, "Rotation in the
+alignment jitter").
 
 Usage:
     uv run python scripts/alignment_spread.py ../shared/data/lfw-dev --photos 80
