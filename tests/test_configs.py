@@ -60,11 +60,13 @@ def test_high_cloaks_with_every_offline_family_unless_a_model_is_named():
 
 
 def test_strength_presets_grow():
+    # Steps do not grow with strength: low's tight budget needs the most steps to settle.
     presets = [load_config([f"strength={s}"]).strength for s in ("low", "mid", "high")]
-    eps, steps = [p.eps for p in presets], [p.steps for p in presets]
-    face_ssim = [p.min_face_ssim for p in presets]
-    assert eps == sorted(eps) and steps == sorted(steps)
+    eps = [p.eps for p in presets]
+    face_ssim, p5 = [p.min_face_ssim for p in presets], [p.min_face_ssim_p5 for p in presets]
+    assert eps == sorted(eps)
     assert face_ssim == sorted(face_ssim, reverse=True) and len(set(face_ssim)) == 3, "each preset allows more change"
+    assert p5 == sorted(p5, reverse=True) and len(set(p5)) == 3
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")
