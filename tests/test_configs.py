@@ -69,6 +69,13 @@ def test_strength_presets_grow():
     assert p5 == sorted(p5, reverse=True) and len(set(p5)) == 3
 
 
+def test_a_preset_sets_the_cloaks_colour_share_and_the_others_keep_the_attacks():
+    low, mid = (load_config([f"strength={s}"]) for s in ("low", "mid"))
+    assert low.attack.max_chroma == low.strength.max_chroma < mid.attack.max_chroma
+    assert "max_chroma" not in mid.strength
+    assert load_config(["strength=low", "attack.max_chroma=0.5"]).attack.max_chroma == 0.5
+
+
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")
 def test_wheel_ships_the_configs(tmp_path):
     root = config_dir().parent
