@@ -18,6 +18,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
+from cloak.imaging.preview import side_by_side
+from cloak.measurement import PhotoReport, measure
 from cloak.photos import (
     CloakIOError,
     LoadedPhoto,
@@ -31,8 +34,6 @@ from cloak.photos import (
     write_bytes,
     write_png,
 )
-from cloak.preview import side_by_side
-from cloak.protect import PhotoReport, cloak_photos, measure
 from cloak.resources import StageTimer, bound_kernel_cache, release_free_memory
 
 log = logging.getLogger("cloak")

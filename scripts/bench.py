@@ -51,7 +51,7 @@ from cloak.config import config_dir, load_config
 from cloak.device import bfloat16_autocast, native_bfloat16
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 from cloak.resources import StageTimer, peak_rss_bytes, release_free_memory, reset_peak_rss
 from cloak.run import run
 
@@ -239,7 +239,7 @@ def limit_seconds(
         faces = parts.detector.detect(rgb)
         if not faces:
             continue
-        image = to_tensor(rgb, parts.device)
+        image = to_tensor(rgb).to(parts.device)
         lm = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=image.dtype, device=parts.device)
         for name, member in members.items():
             current[name].append(align_faces(image, lm, member.template, member.input_size))

@@ -22,9 +22,11 @@ import torch
 from PIL import Image
 
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
-from cloak.evaluation.platform import downscale, jpeg
-from cloak.protect import cloak_photos, measure, to_tensor
+from cloak.imaging.platform import downscale, jpeg
+from cloak.measurement import measure
+from cloak.photos.pixels import to_tensor
 from cloak.quality import ssim
 
 log = logging.getLogger("benchmark_cloak")

@@ -29,7 +29,7 @@ from cloak.evaluation.verification import verification_auc
 from cloak.models.base import FaceEmbedder
 from cloak.models.dlib_resnet import load_dlib_resnet
 from cloak.models.sface import SFace, load_sface
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 
 log = logging.getLogger("benchmark_sface")
 

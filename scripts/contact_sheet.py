@@ -26,9 +26,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
 from cloak.photos import find_photos, load_photo
-from cloak.protect import cloak_photos, to_tensor
+from cloak.photos.pixels import to_tensor
 from cloak.quality import FACE_BOX_GROWTH, face_quality, grow_boxes
 
 log = logging.getLogger("contact_sheet")

@@ -36,10 +36,12 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
-from cloak.evaluation.platform import downscale, jpeg
+from cloak.imaging.platform import downscale, jpeg
+from cloak.measurement import measure
 from cloak.models.ensemble import Ensemble
-from cloak.protect import cloak_photos, measure, to_tensor
+from cloak.photos.pixels import to_tensor
 from cloak.quality import face_quality, ssim
 
 log = logging.getLogger("frontier")

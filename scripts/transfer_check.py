@@ -28,11 +28,11 @@ from PIL import Image
 
 from cloak.alignment import align_faces
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
-from cloak.evaluation.platform import downscale, jpeg
+from cloak.imaging.platform import downscale, jpeg
 from cloak.models.ensemble import loss_scale
 from cloak.photos import load_photo, to_tensor
-from cloak.protect import cloak_photos
 
 log = logging.getLogger("transfer_check")
 

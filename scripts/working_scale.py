@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from cloak.builders import build
+from cloak.cloaking.groups import cloak_photos
 from cloak.evaluation.dataset import enlarge
+from cloak.measurement import measure
 from cloak.photos import load_photo
-from cloak.protect import cloak_photos, measure
 
 
 def lfw_photos(folder: Path, n: int, upscale: float) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ def mtcnn_crops(photos: list[np.ndarray], template, size: tuple[int, int]):
 
     from cloak.alignment import align_faces
     from cloak.detection import FaceDetector
-    from cloak.protect import to_tensor
+    from cloak.photos.pixels import to_tensor
 
     detector = FaceDetector(device="cpu")
     crops = []

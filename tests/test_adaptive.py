@@ -23,9 +23,9 @@ from cloak.evaluation.adaptive_experiment import adaptation_photos
 from cloak.evaluation.adaptive_report import load_adaptive_results
 from cloak.evaluation.dataset import DatasetError, select_photos
 from cloak.evaluation.detectability import CNNDetector, ResidualDetector, detection_score, face_window
-from cloak.evaluation.platform import apply_transform
 from cloak.evaluation.purification import PURIFIERS, calibrate, clean_accuracy, median, purifier
 from cloak.evaluation.trackers import Embedded
+from cloak.imaging.platform import apply_transform
 from cloak.models.dlib_resnet import DlibResNet
 
 

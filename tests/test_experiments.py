@@ -246,7 +246,7 @@ def test_a_model_tracker_without_local_weights_is_skipped_not_downloaded(monkeyp
 def test_every_experiment_config_composes_and_its_settings_build(experiment):
     from hydra.utils import instantiate
 
-    from cloak.evaluation.platform import parse_platform_transform
+    from cloak.imaging.platform import parse_platform_transform
 
     settings = _settings(f"experiment={experiment}")
     assert settings and len({s.label for s in settings}) == len(settings)

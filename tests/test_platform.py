@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cloak.evaluation.platform import (
+from cloak.imaging.platform import (
     PLATFORM_TRANSFORMS,
     apply_transform,
     downscale,

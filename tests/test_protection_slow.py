@@ -5,9 +5,10 @@ import pytest
 from PIL import Image
 
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
-from cloak.evaluation.platform import downscale, jpeg
-from cloak.protect import cloak_photos, measure
+from cloak.imaging.platform import downscale, jpeg
+from cloak.measurement import measure
 
 pytestmark = pytest.mark.slow
 

@@ -221,7 +221,7 @@ def test_measure_reports_each_faces_region_quality(tiny_embedder):
     import numpy as np
 
     from cloak.detection import Face
-    from cloak.protect import measure
+    from cloak.measurement import measure
 
     g = np.random.default_rng(0)
     original = np.full((80, 96, 3), 150, np.uint8)

@@ -27,7 +27,7 @@ from cloak.models.sface import (
     read_sface_onnx,
 )
 from cloak.models.weights import WeightsUnavailableError
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 
 TOLERANCE = 1e-4  # max |torch - onnxruntime| over raw output entries (entries reach ~1)
 LFW_FACES = 6  # lfw-dev identities whose first photo joins the equivalence check

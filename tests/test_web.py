@@ -17,7 +17,7 @@ from PIL import Image
 
 from cloak.builders import build_from_config
 from cloak.config import load_config
-from cloak.protect import FaceReport
+from cloak.measurement import FaceReport
 from cloak.web.app import CONTENT_SECURITY_POLICY, STATIC_DIR, create_app
 from cloak.web.names import cloaked_name, safe_name, unique_names
 from cloak.web.server import allowed_hosts, exposure_warning, is_loopback, page_url

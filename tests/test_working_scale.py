@@ -9,11 +9,11 @@ from conftest import tiny_face
 
 from cloak.alignment import align_faces
 from cloak.attacks import PGD, PhotoFaces
+from cloak.cloaking.groups import cloak_photos
+from cloak.cloaking.working_scale import shrink_job, working_factor
 from cloak.detection import Face
 from cloak.photos import to_tensor
-from cloak.protect import cloak_photos
 from cloak.quality import face_quality
-from cloak.working_scale import shrink_job, working_factor
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.detection import Face, FaceDetector
 from cloak.device import resolve_device
 from cloak.evaluation.adaptive import (
@@ -59,17 +60,16 @@ from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder, photo_key
 from cloak.evaluation.dataset import DatasetError, UserSplit, select_photos
 from cloak.evaluation.detectability import CNNDetector, Detector, ResidualDetector, detection_score
 from cloak.evaluation.pipelines import ModelPipeline
-from cloak.evaluation.platform import PlatformTransform, apply_transform, parse_platform_transform
 from cloak.evaluation.protocol import quality_row
 from cloak.evaluation.purification import calibrate, clean_accuracy, purifier
 from cloak.evaluation.results import METRIC_NAMES, ExperimentResults, ProtectionRow, Setting
 from cloak.evaluation.sweep import SweepError, SweepSetting, sweep_settings
 from cloak.evaluation.tracker_registry import build_pipelines, relation
 from cloak.evaluation.trackers import Embedded, tracker_protection
+from cloak.imaging.platform import PlatformTransform, apply_transform, parse_platform_transform
 from cloak.models.dlib_resnet import DlibResNet
 from cloak.models.ensemble import as_ensemble
 from cloak.photos import load_photo, write_bytes
-from cloak.protect import cloak_photos
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from cloak.evaluation.dataset import enlarge
 from cloak.evaluation.pipelines import Pipeline
-from cloak.evaluation.platform import PlatformTransform, apply_transform
 from cloak.evaluation.trackers import Embedded
+from cloak.imaging.platform import PlatformTransform, apply_transform
 from cloak.photos import load_photo, write_bytes
 
 log = logging.getLogger(__name__)

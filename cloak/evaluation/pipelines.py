@@ -36,7 +36,7 @@ from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
 from cloak.evaluation.trackers import Embedded
 from cloak.models.base import FaceEmbedder
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 
 #: Called with the number of photos just embedded (for progress bars).
 Progress = Callable[[int], None]
@@ -172,7 +172,7 @@ class ModelPipeline:
                 crops = torch.cat(
                     [
                         align_faces(
-                            to_tensor(photos[i], self.device),
+                            to_tensor(photos[i]).to(self.device),
                             torch.as_tensor(lms[i][None], dtype=torch.float32, device=self.device),
                             model.template,
                             model.input_size,

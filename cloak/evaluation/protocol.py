@@ -10,7 +10,7 @@ Protocol (FaceCure, Radiya-Dixit et al., ICLR 2022; LowKey, Cherepanova et al., 
 2. **Cloak.** The shared photos are cloaked with each setting's attack
    (:mod:`cloak.evaluation.sweep`), all users' photos batched together; every
    face the cloak's detector finds is cloaked (as ``python -m cloak`` does).
-3. **Platform** (:mod:`cloak.evaluation.platform`). An *upload transform* is
+3. **Platform** (:mod:`cloak.imaging.platform`). An *upload transform* is
    applied to the shared photos the tracker scrapes; a *tracker-side* one
    (``purify``) to every photo the tracker sees, probes and distractors included.
 4. **Trackers** (:mod:`cloak.evaluation.tracker_registry`) embed every photo
@@ -42,20 +42,20 @@ from tqdm import tqdm
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
+from cloak.cloaking.groups import cloak_photos
 from cloak.detection import Face, FaceDetector
 from cloak.device import resolve_device
 from cloak.evaluation.baselines import random_noise
 from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
 from cloak.evaluation.dataset import enlarge, select_photos
-from cloak.evaluation.platform import apply_transform, parse_platform_transform
 from cloak.evaluation.results import CONDITIONS, METRIC_NAMES, ExperimentResults, ProtectionRow, QualityRow, Setting
 from cloak.evaluation.sweep import SweepSetting, sweep_settings
 from cloak.evaluation.tracker_registry import build_pipelines, relation
 from cloak.evaluation.trackers import Embedded, tracker_protection
+from cloak.imaging.platform import apply_transform, parse_platform_transform
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.photos import load_photo, to_tensor
-from cloak.protect import cloak_photos
 from cloak.quality import FaceQuality, dssim, face_quality, psnr, ssim
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ accuracy stays within a tolerance (2 points by default) of the unfiltered one:
 :func:`calibrate` picks it from a clean-accuracy function, such as
 :func:`clean_accuracy` (leave-one-out nearest neighbour with the protocol's own
 classifier). Every purifier is a
-:data:`~cloak.evaluation.platform.PlatformTransform` (RGB PIL image in, RGB
-PIL image of the same size out), so :func:`~cloak.evaluation.platform.apply_transform`
+:data:`~cloak.imaging.platform.PlatformTransform` (RGB PIL image in, RGB
+PIL image of the same size out), so :func:`~cloak.imaging.platform.apply_transform`
 runs it on arrays.
 """
 
@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cloak.evaluation.platform import PlatformTransform, downscale, gaussian_blur, jpeg
 from cloak.evaluation.trackers import Embedded, Labels, fit_predict
+from cloak.imaging.platform import PlatformTransform, downscale, gaussian_blur, jpeg
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from cloak.detection import FaceDetector
 from cloak.evaluation.pipelines import dlib_model_dir
 from cloak.models.base import FaceEmbedder
 from cloak.photos import load_photo
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 
 
 def _photos(root: Path, identities: int | None, per_identity: int | None) -> list[tuple[str, Path]]:

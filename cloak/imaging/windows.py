@@ -22,6 +22,10 @@ JPEG_BLOCK = 16
 #: ``(x0, y0, x1, y1)`` integer pixel bounds, ``x1`` and ``y1`` exclusive.
 Box = tuple[int, int, int, int]
 
+#: Pixels kept around what a window is cut for: JPEG's chroma upsampling, the bilinear
+#: sampling of the alignment and the robust attacks' jitter reach a little beyond it.
+WINDOW_MARGIN = 2 * JPEG_BLOCK
+
 
 def overlap(a: Box, b: Box) -> bool:
     """Whether two boxes share a pixel."""

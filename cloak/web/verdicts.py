@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cloak.protect import FaceReport
+from cloak.measurement import FaceReport
 
 #: How the page names each model.
 MODEL_LABELS = {
@@ -70,7 +70,7 @@ def face_verdicts(face: FaceReport, strength: str) -> list[ModelVerdict]:
     """One plain-words verdict per model for a cloaked face.
 
     Args:
-        face: the face's report from :func:`cloak.protect.measure`.
+        face: the face's report from :func:`cloak.measurement.measure`.
         strength: the preset it was cloaked with; the advice to try a stronger
             one is given only when there is one.
     """

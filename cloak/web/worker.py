@@ -1,7 +1,7 @@
 """The page's cloaking queue: one worker thread cloaks the uploaded photos one at a time.
 
 Photos go through the same steps as ``python -m cloak``: :func:`~cloak.photos.load_photo`,
-the run's detector, :func:`~cloak.protect.cloak_photos`, :func:`~cloak.protect.measure`
+the run's detector, :func:`~cloak.cloaking.groups.cloak_photos`, :func:`~cloak.measurement.measure`
 and :func:`~cloak.photos.save_photo` (or :func:`~cloak.photos.copy_unchanged` for a
 photo without a face, when the user asks for it). Every file lives in the worker's
 private temporary folder, under the photo's random id, never under a name from
@@ -27,9 +27,10 @@ import numpy as np
 from PIL import Image
 
 from cloak.builders import Parts
+from cloak.cloaking.groups import cloak_photos
+from cloak.imaging.preview import amplified_difference
+from cloak.measurement import measure
 from cloak.photos import CloakIOError, LoadedPhoto, copy_unchanged, load_photo, save_photo, write_png
-from cloak.preview import amplified_difference
-from cloak.protect import cloak_photos, measure
 from cloak.web.names import cloaked_name, extension_for, safe_name
 from cloak.web.strengths import StrengthPreset
 from cloak.web.verdicts import face_summary
@@ -51,7 +52,7 @@ FINAL_STATES = frozenset({DONE, NO_FACE, FAILED})
 #: Seconds between sweeps for idle results while the queue is empty.
 SWEEP_EVERY_S = 30.0
 
-#: Gain of the "cloak x10" view, as in :func:`cloak.preview.side_by_side`.
+#: Gain of the "cloak x10" view, as in :func:`cloak.imaging.preview.side_by_side`.
 AMPLIFY = 10.0
 
 
