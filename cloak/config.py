@@ -28,3 +28,17 @@ def load_config(overrides: list[str] | None = None, config_name: str = "cloak") 
         return compose(config_name=config_name, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def config_choices(overrides: list[str] | None = None, config_name: str = "cloak") -> dict[str, str]:
+    """The option Hydra picks in each config group (``{"model": "ensemble", "strength": "mid", ...}``).
+
+    Composed with the overrides as on the command line, so a preset's own choices (``strength=high``
+    selects ``model=ensemble_all``) and explicit ones (``model=sface``) count as Hydra counts them.
+    """
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    return {str(k): str(v) for k, v in cfg.hydra.runtime.choices.items() if v is not None}

@@ -23,14 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cloak.config import config_dir
-from cloak.evaluation.adaptive_experiment import run_adaptive_experiment
-from cloak.evaluation.adaptive_report import write_adaptive_report
-from cloak.evaluation.adaptive_results import AdaptiveResults
-from cloak.evaluation.dataset import DatasetError
-from cloak.evaluation.protocol import run_experiment
-from cloak.evaluation.report import write_report
-from cloak.evaluation.results import ExperimentResults
-from cloak.evaluation.sweep import SweepError
+from cloak.evaluation.adaptive.experiment import run_adaptive_experiment
+from cloak.evaluation.adaptive.report import write_adaptive_report
+from cloak.evaluation.adaptive.results import AdaptiveResults
+from cloak.evaluation.protocol.dataset import DatasetError
+from cloak.evaluation.protocol.experiment import run_experiment
+from cloak.evaluation.protocol.report import write_report
+from cloak.evaluation.protocol.results import ExperimentResults
+from cloak.evaluation.protocol.sweep import SweepError
 
 log = logging.getLogger("experiments")
 
@@ -61,7 +61,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentRe
     """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
 
     A config with an ``adaptive`` section (``experiment=adaptive``) runs
-    :func:`cloak.evaluation.adaptive_experiment.run_adaptive_experiment` and
+    :func:`cloak.evaluation.adaptive.experiment.run_adaptive_experiment` and
     writes ``adaptive.json``, ``adaptive.csv``, ``adaptive.md`` and ``adaptive.png``.
 
     Results (without plots) are rewritten after each transform of each setting,

@@ -39,11 +39,11 @@ CROP = 112
 
 def tracker_landmarks() -> dict[str, Callable[[np.ndarray], np.ndarray | None]]:
     """Each available tracker's landmark finder: RGB photo -> ``[5, 2]`` of its largest face, or None."""
-    from cloak.evaluation.edgeface_pipeline import OpenCVEdgeFacePipeline
+    from cloak.evaluation.trackers.edgeface_pipeline import OpenCVEdgeFacePipeline
 
     finders = {"yunet (sface_native, edgeface_native)": OpenCVEdgeFacePipeline().landmarks}
     try:
-        from cloak.evaluation.insightface_pipeline import InsightFacePipeline
+        from cloak.evaluation.trackers.insightface_pipeline import InsightFacePipeline
 
         finders["scrfd (insightface_native)"] = InsightFacePipeline().landmarks
     except (ImportError, FileNotFoundError) as err:

@@ -23,7 +23,7 @@ import numpy as np
 
 from cloak.builders import build
 from cloak.cloaking.groups import cloak_photos
-from cloak.evaluation.dataset import enlarge
+from cloak.evaluation.protocol.dataset import enlarge
 from cloak.measurement import measure
 from cloak.photos import load_photo
 

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from cloak.config import load_config
-from cloak.evaluation.adaptive import (
+from cloak.evaluation.adaptive.detectability import CNNDetector, ResidualDetector, detection_score, face_window
+from cloak.evaluation.adaptive.experiment import adaptation_photos
+from cloak.evaluation.adaptive.finetune import (
     EmbeddingCorrection,
     correct,
     dlib_head,
@@ -19,12 +21,10 @@ from cloak.evaluation.adaptive import (
     mean_pair_cosine,
     train_correction,
 )
-from cloak.evaluation.adaptive_experiment import adaptation_photos
-from cloak.evaluation.adaptive_report import load_adaptive_results
-from cloak.evaluation.dataset import DatasetError, select_photos
-from cloak.evaluation.detectability import CNNDetector, ResidualDetector, detection_score, face_window
-from cloak.evaluation.purification import PURIFIERS, calibrate, clean_accuracy, median, purifier
-from cloak.evaluation.trackers import Embedded
+from cloak.evaluation.adaptive.purification import PURIFIERS, calibrate, clean_accuracy, median, purifier
+from cloak.evaluation.adaptive.report import load_adaptive_results
+from cloak.evaluation.protocol.dataset import DatasetError, select_photos
+from cloak.evaluation.protocol.scoring import Embedded
 from cloak.imaging.platform import apply_transform
 from cloak.models.dlib_resnet import DlibResNet
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import altered_copy, first_lfw_photos, mtcnn_crops
 
-from cloak.evaluation.tracker_registry import NATIVE_TRACKERS, build_pipelines, relation
-from cloak.evaluation.verification import verification_auc
+from cloak.evaluation.trackers.registry import NATIVE_TRACKERS, build_pipelines, relation
+from cloak.evaluation.trackers.verification import verification_auc
 from cloak.models.edgeface import (
     EDGEFACE_FILE,
     EdgeFace,
@@ -33,7 +33,7 @@ def model() -> EdgeFace:
 @pytest.fixture(scope="module")
 def native():
     pytest.importorskip("cv2")
-    from cloak.evaluation.edgeface_pipeline import OpenCVEdgeFacePipeline
+    from cloak.evaluation.trackers.edgeface_pipeline import OpenCVEdgeFacePipeline
 
     return OpenCVEdgeFacePipeline()
 
@@ -145,7 +145,7 @@ def test_edgeface_native_agrees_with_our_pipeline(native, model, our_crops, astr
 
 def test_edgeface_native_is_registered_against_edgeface():
     pytest.importorskip("cv2")
-    from cloak.evaluation.edgeface_pipeline import OpenCVEdgeFacePipeline
+    from cloak.evaluation.trackers.edgeface_pipeline import OpenCVEdgeFacePipeline
 
     assert NATIVE_TRACKERS["edgeface_native"].weights_of == "edgeface"
     assert relation("edgeface_native", ["edgeface"]) == "pipeline"

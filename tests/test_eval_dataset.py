@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cloak.evaluation.dataset import UserSplit, load_identity_folder, split_users
+from cloak.evaluation.protocol.dataset import UserSplit, load_identity_folder, split_users
 
 
 def _make_folder(root: Path, counts: dict[str, int]) -> Path:

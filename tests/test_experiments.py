@@ -14,15 +14,16 @@ from PIL import Image
 
 from cloak.config import config_dir, load_config
 from cloak.detection import Face
-from cloak.evaluation.baselines import random_noise
-from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
-from cloak.evaluation.dataset import DatasetError, select_photos
-from cloak.evaluation.plots import downscale_axis, jpeg_axis
-from cloak.evaluation.protocol import quality_row
-from cloak.evaluation.report import headline_rows, load_results, markdown_table, matrix_rows, pct, write_report
-from cloak.evaluation.results import ExperimentResults, ProtectionRow, QualityRow, Setting
-from cloak.evaluation.sweep import SweepError, sweep_settings
-from cloak.evaluation.tracker_registry import (
+from cloak.evaluation.protocol.baselines import random_noise
+from cloak.evaluation.protocol.cache import EmbeddingCache, PhotoEmbedder
+from cloak.evaluation.protocol.dataset import DatasetError, select_photos
+from cloak.evaluation.protocol.experiment import quality_row
+from cloak.evaluation.protocol.plots import downscale_axis, jpeg_axis
+from cloak.evaluation.protocol.report import headline_rows, load_results, markdown_table, matrix_rows, pct, write_report
+from cloak.evaluation.protocol.results import ExperimentResults, ProtectionRow, QualityRow, Setting
+from cloak.evaluation.protocol.scoring import Embedded
+from cloak.evaluation.protocol.sweep import SweepError, sweep_settings
+from cloak.evaluation.trackers.registry import (
     NATIVE_TRACKERS,
     NativeTracker,
     build_pipelines,
@@ -30,7 +31,6 @@ from cloak.evaluation.tracker_registry import (
     relation,
     tracker_names,
 )
-from cloak.evaluation.trackers import Embedded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_embedding_cache_embeds_only_photos_it_lacks(tmp_path):
 
 
 def test_photos_are_enlarged_before_embedding(tmp_path):
-    from cloak.evaluation.dataset import enlarge
+    from cloak.evaluation.protocol.dataset import enlarge
 
     path = tmp_path / "p.png"
     Image.new("RGB", (10, 6), (90, 20, 20)).save(path)
@@ -509,7 +509,9 @@ def test_write_report_writes_every_file(tmp_path):
 
 
 def test_report_imports_without_torch_or_hydra():
-    code = "import cloak.evaluation.report, sys; assert 'torch' not in sys.modules and 'hydra' not in sys.modules"
+    code = (
+        "import cloak.evaluation.protocol.report, sys; assert 'torch' not in sys.modules and 'hydra' not in sys.modules"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
@@ -522,7 +524,7 @@ def test_report_imports_without_torch_or_hydra():
 def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
     pytest.importorskip("dlib")
     from cloak.detection import FaceDetector
-    from cloak.evaluation.pipelines import DlibPipeline, ModelPipeline
+    from cloak.evaluation.trackers.pipelines import DlibPipeline, ModelPipeline
     from cloak.models.dlib_resnet import load_dlib_resnet
     from cloak.photos import load_photo
 
@@ -538,7 +540,7 @@ def test_dlib_pipeline_agrees_with_our_dlib_resnet(lfw_dev):
 
 def _clean_error(train: Embedded, train_labels, test: Embedded, test_labels, metric: str) -> float:
     """A tracker's error on clean photos, from its classifier alone (photos without a face: dropped / wrong)."""
-    from cloak.evaluation.trackers import fit_predict
+    from cloak.evaluation.protocol.scoring import fit_predict
 
     correct = np.zeros(len(test), bool)
     correct[test.found] = (
@@ -551,7 +553,7 @@ def _clean_error(train: Embedded, train_labels, test: Embedded, test_labels, met
 def test_protection_experiment_smoke(lfw_dev, tmp_path):
     """End to end on 2 users of 6 photos, 2 attack steps, 2 distractor identities, two transforms."""
     from cloak.detection import FaceDetector
-    from cloak.evaluation.pipelines import ModelPipeline
+    from cloak.evaluation.trackers.pipelines import ModelPipeline
     from cloak.models.dlib_resnet import load_dlib_resnet
     from cloak.photos import load_photo
     from experiments.run import run

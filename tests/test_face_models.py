@@ -116,7 +116,7 @@ def test_ensemble_normalises_each_members_loss_by_its_threshold():
 
 
 def test_dlib_resnet_verifies_lfw_with_our_alignment(dlib_model, lfw_dev):
-    from cloak.evaluation.verification import verification_auc
+    from cloak.evaluation.trackers.verification import verification_auc
 
     auc, (n_same, n_diff) = verification_auc(dlib_model, lfw_dev, identities=50, per_identity=5)
     assert n_same > 100 and n_diff > 1000
@@ -124,7 +124,7 @@ def test_dlib_resnet_verifies_lfw_with_our_alignment(dlib_model, lfw_dev):
 
 
 def test_our_alignment_agrees_with_dlibs_pipeline(dlib_model, lfw_dev):
-    from cloak.evaluation.verification import alignment_agreement
+    from cloak.evaluation.trackers.verification import alignment_agreement
 
     mean, n = alignment_agreement(dlib_model, lfw_dev, limit=40)
     assert n >= 30

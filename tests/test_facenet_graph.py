@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import altered_copy
 
-from cloak.evaluation.verification import verification_auc
+from cloak.evaluation.trackers.verification import verification_auc
 from cloak.models.facenet import FacenetEmbedder, fold_batchnorms, load_facenet
 from cloak.models.facenet_graph import FACENET_GRAPH_FILE, default_graph_path, load_graph_state
 from cloak.models.tf_graph import GraphFormatError, read_graph

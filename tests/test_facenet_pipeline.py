@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloak.evaluation.tracker_registry import NATIVE_TRACKERS, build_pipelines, relation
-from cloak.evaluation.verification import roc_auc
+from cloak.evaluation.trackers.registry import NATIVE_TRACKERS, build_pipelines, relation
+from cloak.evaluation.trackers.verification import roc_auc
 from cloak.models.weights import WeightsUnavailableError
 from cloak.photos import load_photo
 
@@ -16,7 +16,7 @@ LFW_IDENTITIES = 8  # lfw-dev identities (with >= 4 photos, the first 4 each) of
 @pytest.fixture(scope="module")
 def facenet():
     pytest.importorskip("cv2")
-    from cloak.evaluation.facenet_pipeline import OpenCVFaceNetPipeline
+    from cloak.evaluation.trackers.facenet_pipeline import OpenCVFaceNetPipeline
 
     return OpenCVFaceNetPipeline()
 
@@ -33,7 +33,7 @@ def test_facenet_native_embeds_the_largest_face_and_flags_photos_without_one(fac
 
 
 def test_facenet_native_prewhiten_option(facenet, astronaut):
-    from cloak.evaluation.facenet_pipeline import OpenCVFaceNetPipeline
+    from cloak.evaluation.trackers.facenet_pipeline import OpenCVFaceNetPipeline
 
     other = OpenCVFaceNetPipeline(standardisation="prewhiten")
     ours, theirs = facenet.embed([astronaut])["facenet_native"].emb[0], other.embed([astronaut])["facenet_native"]
@@ -56,7 +56,7 @@ def test_facenet_native_verifies_lfw_dev_faces(facenet, lfw_dev):
 
 def test_a_missing_or_altered_model_file_is_refused_with_what_to_install(tmp_path):
     pytest.importorskip("cv2")
-    from cloak.evaluation.facenet_pipeline import OpenCVFaceNetPipeline
+    from cloak.evaluation.trackers.facenet_pipeline import OpenCVFaceNetPipeline
     from cloak.models.facenet_graph import FACENET_GRAPH_FILE, checked_graph_path
 
     with pytest.raises(WeightsUnavailableError, match="not found") as err:
@@ -71,7 +71,7 @@ def test_a_missing_or_altered_model_file_is_refused_with_what_to_install(tmp_pat
 
 def test_facenet_native_is_registered_against_facenet_casia(tmp_path):
     pytest.importorskip("cv2")
-    from cloak.evaluation.facenet_pipeline import OpenCVFaceNetPipeline
+    from cloak.evaluation.trackers.facenet_pipeline import OpenCVFaceNetPipeline
 
     assert NATIVE_TRACKERS["facenet_native"].weights_of == "facenet_casia"
     assert relation("facenet_native", ["facenet_casia"]) == "pipeline"

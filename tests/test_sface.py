@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
-from cloak.evaluation.verification import verification_auc
+from cloak.evaluation.trackers.verification import verification_auc
 from cloak.models.onnx_weights import dequantize_linear, dequantized_model
 from cloak.models.sface import (
     ARCFACE_TEMPLATE,
@@ -235,7 +235,7 @@ def test_config_instantiates():
 @pytest.fixture(scope="module")
 def native():
     pytest.importorskip("cv2")
-    from cloak.evaluation.opencv_pipeline import OpenCVSFacePipeline
+    from cloak.evaluation.trackers.opencv_pipeline import OpenCVSFacePipeline
 
     return OpenCVSFacePipeline()
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cloak.evaluation.trackers import Embedded, fit_predict, nearest_label, tracker_protection
+from cloak.evaluation.protocol.scoring import Embedded, fit_predict, nearest_label, tracker_protection
 
 
 def _emb(rows, found=None) -> Embedded:

@@ -1,1 +1,2 @@
-"""Evaluation protocol: platform transforms, identity datasets and tracker metrics (FaceCure, LowKey)."""
+"""Measuring cloaks against trackers: ``trackers/`` (their face pipelines and registry), ``protocol/``
+(dataset split, scoring, experiment, reports) and ``adaptive/`` (trackers that fight back)."""

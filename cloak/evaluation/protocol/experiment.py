@@ -2,22 +2,22 @@
 
 Protocol (FaceCure, Radiya-Dixit et al., ICLR 2022; LowKey, Cherepanova et al., ICLR 2021):
 
-1. **Data** (:func:`cloak.evaluation.dataset.select_photos`). ``n_users``
+1. **Data** (:func:`cloak.evaluation.protocol.dataset.select_photos`). ``n_users``
    identities with ``min_photos`` or more photos are the *users*; each shares
    ``shared_fraction`` of their photos (*shared*, cloaked before upload) and
    keeps the rest (*clean*, what the tracker later sees). Up to
    ``max_distractors`` other identities are *distractors*, all photos clean.
 2. **Cloak.** The shared photos are cloaked with each setting's attack
-   (:mod:`cloak.evaluation.sweep`), all users' photos batched together; every
+   (:mod:`cloak.evaluation.protocol.sweep`), all users' photos batched together; every
    face the cloak's detector finds is cloaked (as ``python -m cloak`` does).
 3. **Platform** (:mod:`cloak.imaging.platform`). An *upload transform* is
    applied to the shared photos the tracker scrapes; a *tracker-side* one
    (``purify``) to every photo the tracker sees, probes and distractors included.
-4. **Trackers** (:mod:`cloak.evaluation.tracker_registry`) embed every photo
+4. **Trackers** (:mod:`cloak.evaluation.trackers.registry`) embed every photo
    with their own pipelines and are scored by
-   :func:`cloak.evaluation.trackers.tracker_protection`.
+   :func:`cloak.evaluation.protocol.scoring.tracker_protection`.
 5. **Baselines**, under the same transform and trackers: *no cloak* and
-   random *noise* of the cloak's size (:mod:`cloak.evaluation.baselines`).
+   random *noise* of the cloak's size (:mod:`cloak.evaluation.protocol.baselines`).
 6. **Quality** of every cloaked and noised photo against its original.
 
 :func:`run_experiment` runs the steps of an :class:`Experiment` in order:
@@ -45,13 +45,20 @@ from cloak.builders import build_from_config
 from cloak.cloaking.groups import cloak_photos
 from cloak.detection import Face, FaceDetector
 from cloak.device import resolve_device
-from cloak.evaluation.baselines import random_noise
-from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder
-from cloak.evaluation.dataset import enlarge, select_photos
-from cloak.evaluation.results import CONDITIONS, METRIC_NAMES, ExperimentResults, ProtectionRow, QualityRow, Setting
-from cloak.evaluation.sweep import SweepSetting, sweep_settings
-from cloak.evaluation.tracker_registry import build_pipelines, relation
-from cloak.evaluation.trackers import Embedded, tracker_protection
+from cloak.evaluation.protocol.baselines import random_noise
+from cloak.evaluation.protocol.cache import EmbeddingCache, PhotoEmbedder
+from cloak.evaluation.protocol.dataset import enlarge, select_photos
+from cloak.evaluation.protocol.results import (
+    CONDITIONS,
+    METRIC_NAMES,
+    ExperimentResults,
+    ProtectionRow,
+    QualityRow,
+    Setting,
+)
+from cloak.evaluation.protocol.scoring import Embedded, tracker_protection
+from cloak.evaluation.protocol.sweep import SweepSetting, sweep_settings
+from cloak.evaluation.trackers.registry import build_pipelines, relation
 from cloak.imaging.platform import apply_transform, parse_platform_transform
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -199,7 +206,7 @@ class Experiment:
 
         Args:
             cache_dir: a folder to keep the clean photos' embeddings in between
-                runs (:class:`~cloak.evaluation.cache.EmbeddingCache`); None: memory only.
+                runs (:class:`~cloak.evaluation.protocol.cache.EmbeddingCache`); None: memory only.
         """
         cfg = self.cfg
         self.detector: FaceDetector = instantiate(cfg.detector)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cloak.evaluation.dataset import enlarge
-from cloak.evaluation.pipelines import Pipeline
-from cloak.evaluation.trackers import Embedded
+from cloak.evaluation.protocol.dataset import enlarge
+from cloak.evaluation.protocol.scoring import Embedded
+from cloak.evaluation.trackers.pipelines import Pipeline
 from cloak.imaging.platform import PlatformTransform, apply_transform
 from cloak.photos import load_photo, write_bytes
 

@@ -1,7 +1,7 @@
 """Scoring a tracker: how often it fails to recognise the users in their clean photos.
 
 A tracker has embedded every photo with its own pipeline
-(:mod:`cloak.evaluation.pipelines`) into :class:`Embedded` rows.
+(:mod:`cloak.evaluation.trackers.pipelines`) into :class:`Embedded` rows.
 :func:`tracker_protection` scores it, per metric, on the protocol's three sets
 of photos: the users' *shared* photos (cloaked, clean or noised, as uploaded),
 the *distractors* (everyone else, clean) and the *probes* (the users' clean
@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cloak.evaluation.results import METRICS
+from cloak.evaluation.protocol.results import METRICS
 
 #: The metrics that train a classifier on the shared and distractor photos.
 CLASSIFIERS: tuple[str, ...] = ("knn1", "logreg")

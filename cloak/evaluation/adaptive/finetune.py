@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cloak.alignment import align_faces
-from cloak.evaluation.adaptive_results import CorrectionFit, FinetuneFit
-from cloak.evaluation.trackers import Embedded
+from cloak.evaluation.adaptive.results import CorrectionFit, FinetuneFit
+from cloak.evaluation.protocol.scoring import Embedded
 from cloak.models.base import FaceEmbedder
 from cloak.models.dlib_resnet import DlibResNet
 from cloak.photos import to_tensor

@@ -11,7 +11,7 @@ Files written by :func:`write_report` into a run's folder:
   noise per metric; mean SSIM, DSSIM, PSNR) and, per tracker, the
   setting x transform matrix of the cloak's protection.
 - ``protection.png``, ``tradeoff.png`` (two or more settings) and
-  ``robustness.png`` (JPEG or downscale transforms): see :mod:`cloak.evaluation.plots`.
+  ``robustness.png`` (JPEG or downscale transforms): see :mod:`cloak.evaluation.protocol.plots`.
 
 Protection values are fractions in ``[0, 1]`` in CSV and JSON, percentages in Markdown.
 """
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cloak.evaluation.plots import plot_protection, plot_robustness, plot_tradeoff
-from cloak.evaluation.results import (
+from cloak.evaluation.protocol.plots import plot_protection, plot_robustness, plot_tradeoff
+from cloak.evaluation.protocol.results import (
     CONDITION_NAMES,
     CONDITIONS,
     METRIC_NAMES,
@@ -304,7 +304,7 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cloak.evaluation.report RESULTS.json [OUT_DIR]``: rewrites a run's tables and plots."""
+    """``python -m cloak.evaluation.protocol.report RESULTS.json [OUT_DIR]``: rewrites a run's tables and plots."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -2,7 +2,7 @@
 
 InsightFace's ``buffalo_s`` pipeline: the SCRFD-500M face detector (five
 landmarks), ``norm_crop`` onto the ArcFace 112x112 template
-(:mod:`cloak.evaluation.norm_crop`), and the ArcFace-trained MobileFaceNet on
+(:mod:`cloak.evaluation.trackers.norm_crop`), and the ArcFace-trained MobileFaceNet on
 WebFace600K (``w600k_mbf``), both graphs run by onnxruntime. The cloak never
 optimises against this network or anything trained like it with ArcFace's loss
 (EdgeFace is CosFace-trained; SFace has its own loss), so it stands in for the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.norm_crop import norm_crop
-from cloak.evaluation.pipelines import CropPipeline
+from cloak.evaluation.trackers.norm_crop import norm_crop
+from cloak.evaluation.trackers.pipelines import CropPipeline
 from cloak.models.weights import WeightsUnavailableError, require_pinned_file
 
 __all__ = ["INSIGHTFACE_NATIVE", "SCRFD", "InsightFacePipeline", "insightface_model_files"]

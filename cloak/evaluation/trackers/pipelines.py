@@ -17,10 +17,10 @@ A tracker scrapes photos and embeds the face in each with its own pipeline:
   OpenCV's DNN engine.
 
 All keep the **largest** face of a photo. A photo where the pipeline finds no
-face gets no embedding (``found`` is False); :mod:`cloak.evaluation.trackers`
+face gets no embedding (``found`` is False); :mod:`cloak.evaluation.protocol.scoring`
 drops such photos from a tracker's training set and counts such probes as not
 recognised. Which trackers exist, and how each is built, is
-:mod:`cloak.evaluation.tracker_registry`.
+:mod:`cloak.evaluation.trackers.registry`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
-from cloak.evaluation.trackers import Embedded
+from cloak.evaluation.protocol.scoring import Embedded
 from cloak.models.base import FaceEmbedder
 from cloak.photos.pixels import to_tensor
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloak.evaluation.results import CONDITION_NAMES, CONDITIONS, METRIC_NAMES, ExperimentResults, QualityRow
+from cloak.evaluation.protocol.results import CONDITION_NAMES, CONDITIONS, METRIC_NAMES, ExperimentResults, QualityRow
 
 
 def jpeg_axis(transform: str) -> float | None:

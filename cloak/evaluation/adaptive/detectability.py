@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from cloak.evaluation.adaptive_results import DetectionScore
+from cloak.evaluation.adaptive.results import DetectionScore
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """The adaptive-tracker experiment: protection against trackers that fight back, and detectability.
 
-The protocol's data and scoring (:mod:`cloak.evaluation.protocol`): users
+The protocol's data and scoring (:mod:`cloak.evaluation.protocol.experiment`): users
 share cloaked photos, a tracker trains on them with the distractors' photos and
 is tested on the users' clean photos, scored by
-:func:`~cloak.evaluation.trackers.tracker_protection` (1-NN, logistic
+:func:`~cloak.evaluation.protocol.scoring.tracker_protection` (1-NN, logistic
 regression, rank-1), with the no-cloak baseline. What changes is the tracker:
 
 1. **Oblivious**: the trackers of ``trackers`` as they are.
-2. **Adaptive** (:mod:`cloak.evaluation.adaptive`): the tracker has the public
+2. **Adaptive** (:mod:`cloak.evaluation.adaptive.finetune`): the tracker has the public
    ``cloak`` tool too. It cloaks photos of an *adaptation set* (``adaptive.identities``
    public identities, neither users nor distractors, up to
    ``adaptive.photos_per_identity`` photos each) with the experiment's own
@@ -16,12 +16,12 @@ regression, rank-1), with the no-cloak baseline. What changes is the tracker:
    (b) the last blocks of dlib's ResNet (``adaptive.finetune``). The adapted
    trackers (``dlib_resnet+correction``, ``dlib_resnet+finetune``) embed every
    photo and are scored as any tracker.
-3. **Purifying** (:mod:`cloak.evaluation.purification`): the oblivious tracker
+3. **Purifying** (:mod:`cloak.evaluation.adaptive.purification`): the oblivious tracker
    filters every photo it sees, each purifier at the strongest level of its
    ladder whose clean accuracy (leave-one-out 1-NN on the clean photos of the
    distractors and the adaptation set, first tracker) stays within
    ``purification.tolerance`` of the unfiltered accuracy.
-4. **Detectability** (:mod:`cloak.evaluation.detectability`): detectors trained
+4. **Detectability** (:mod:`cloak.evaluation.adaptive.detectability`): detectors trained
    on the adaptation set's clean and cloaked photos, tested on the users' shared
    photos clean and cloaked, after each of ``detectability.transforms``.
 
@@ -48,24 +48,24 @@ from cloak.builders import build_from_config
 from cloak.cloaking.groups import cloak_photos
 from cloak.detection import Face, FaceDetector
 from cloak.device import resolve_device
-from cloak.evaluation.adaptive import (
+from cloak.evaluation.adaptive.detectability import CNNDetector, Detector, ResidualDetector, detection_score
+from cloak.evaluation.adaptive.finetune import (
     aligned_faces,
     correct,
     finetune_dlib,
     mean_pair_cosine,
     train_correction,
 )
-from cloak.evaluation.adaptive_results import CORRECTION, FINETUNE, AdaptiveResults, adapted_name
-from cloak.evaluation.cache import EmbeddingCache, PhotoEmbedder, photo_key
-from cloak.evaluation.dataset import DatasetError, UserSplit, select_photos
-from cloak.evaluation.detectability import CNNDetector, Detector, ResidualDetector, detection_score
-from cloak.evaluation.pipelines import ModelPipeline
-from cloak.evaluation.protocol import quality_row
-from cloak.evaluation.purification import calibrate, clean_accuracy, purifier
-from cloak.evaluation.results import METRIC_NAMES, ExperimentResults, ProtectionRow, Setting
-from cloak.evaluation.sweep import SweepError, SweepSetting, sweep_settings
-from cloak.evaluation.tracker_registry import build_pipelines, relation
-from cloak.evaluation.trackers import Embedded, tracker_protection
+from cloak.evaluation.adaptive.purification import calibrate, clean_accuracy, purifier
+from cloak.evaluation.adaptive.results import CORRECTION, FINETUNE, AdaptiveResults, adapted_name
+from cloak.evaluation.protocol.cache import EmbeddingCache, PhotoEmbedder, photo_key
+from cloak.evaluation.protocol.dataset import DatasetError, UserSplit, select_photos
+from cloak.evaluation.protocol.experiment import quality_row
+from cloak.evaluation.protocol.results import METRIC_NAMES, ExperimentResults, ProtectionRow, Setting
+from cloak.evaluation.protocol.scoring import Embedded, tracker_protection
+from cloak.evaluation.protocol.sweep import SweepError, SweepSetting, sweep_settings
+from cloak.evaluation.trackers.pipelines import ModelPipeline
+from cloak.evaluation.trackers.registry import build_pipelines, relation
 from cloak.imaging.platform import PlatformTransform, apply_transform, parse_platform_transform
 from cloak.models.dlib_resnet import DlibResNet
 from cloak.models.ensemble import as_ensemble

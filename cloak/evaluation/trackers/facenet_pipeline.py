@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.pipelines import CropPipeline, dnn_forward
+from cloak.evaluation.trackers.pipelines import CropPipeline, dnn_forward
 from cloak.models.facenet_graph import checked_graph_path
 
 log = logging.getLogger(__name__)

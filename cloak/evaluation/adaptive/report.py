@@ -1,6 +1,6 @@
 """Writing the adaptive-tracker experiment's results: ``adaptive.json``, ``adaptive.csv``, ``adaptive.md``, ``adaptive.png``.
 
-``python -m cloak.evaluation.adaptive_report adaptive.json [OUT_DIR]`` redraws
+``python -m cloak.evaluation.adaptive.report adaptive.json [OUT_DIR]`` redraws
 the tables and the plot from a saved ``adaptive.json`` (no torch needed).
 Protection values are fractions in JSON and CSV, percentages in Markdown.
 """
@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloak.evaluation.adaptive_results import CORRECTION, FINETUNE, AdaptiveResults
-from cloak.evaluation.report import PROTECTION_FIELDS, face_quality_words, json_safe, markdown_table, num, pct
-from cloak.evaluation.results import METRIC_NAMES
+from cloak.evaluation.adaptive.results import CORRECTION, FINETUNE, AdaptiveResults
+from cloak.evaluation.protocol.report import PROTECTION_FIELDS, face_quality_words, json_safe, markdown_table, num, pct
+from cloak.evaluation.protocol.results import METRIC_NAMES
 
 #: The files :func:`write_adaptive_report` writes, by key.
 FILES = {"json": "adaptive.json", "csv": "adaptive.csv", "markdown": "adaptive.md", "png": "adaptive.png"}
@@ -222,7 +222,7 @@ def load_adaptive_results(path: Path) -> AdaptiveResults:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cloak.evaluation.adaptive_report ADAPTIVE.json [OUT_DIR]``: rewrites the tables and the plot."""
+    """``python -m cloak.evaluation.adaptive.report ADAPTIVE.json [OUT_DIR]``: rewrites the tables and the plot."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

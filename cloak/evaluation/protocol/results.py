@@ -1,8 +1,8 @@
 """What an evaluation run measured: settings, protection and quality rows, and the names tables use.
 
 Plain dataclasses, importable without torch or Hydra (reports and plots are
-drawn from a ``results.json`` on any machine). :mod:`cloak.evaluation.protocol`
-fills them in; :mod:`cloak.evaluation.report` writes them out and reads them back.
+drawn from a ``results.json`` on any machine). :mod:`cloak.evaluation.protocol.experiment`
+fills them in; :mod:`cloak.evaluation.protocol.report` writes them out and reads them back.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 CONDITIONS: tuple[str, ...] = ("cloak", "none", "noise")
 #: How the tables name them.
 CONDITION_NAMES = {"cloak": "cloak", "none": "no cloak", "noise": "noise"}
-#: The trackers' metrics (see :func:`cloak.evaluation.trackers.tracker_protection`).
+#: The trackers' metrics (see :func:`cloak.evaluation.protocol.scoring.tracker_protection`).
 METRICS: tuple[str, ...] = ("knn1", "logreg", "rank1")
 #: How the tables name them.
 METRIC_NAMES = {"knn1": "1-NN", "logreg": "logreg", "rank1": "rank-1"}
@@ -124,7 +124,7 @@ class QualityRow:
 
 @dataclass
 class ExperimentResults:
-    """Everything a run measured; :mod:`cloak.evaluation.report` writes it out.
+    """Everything a run measured; :mod:`cloak.evaluation.protocol.report` writes it out.
 
     Attributes:
         experiment: the experiment's name (``experiment_name``).

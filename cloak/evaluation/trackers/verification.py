@@ -16,7 +16,7 @@ import torch
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
-from cloak.evaluation.pipelines import dlib_model_dir
+from cloak.evaluation.trackers.pipelines import dlib_model_dir
 from cloak.models.base import FaceEmbedder
 from cloak.photos import load_photo
 from cloak.photos.pixels import to_tensor

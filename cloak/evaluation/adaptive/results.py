@@ -1,10 +1,10 @@
 """What the adaptive-tracker experiment measured (plain dataclasses, no torch needed).
 
-:mod:`cloak.evaluation.adaptive_experiment` fills an :class:`AdaptiveResults`;
-:mod:`cloak.evaluation.adaptive_report` writes it out and reads it back. The
-protection numbers are ordinary :class:`~cloak.evaluation.results.ProtectionRow`
-rows of an :class:`~cloak.evaluation.results.ExperimentResults`, scored by the
-protocol's own :func:`~cloak.evaluation.trackers.tracker_protection`: an
+:mod:`cloak.evaluation.adaptive.experiment` fills an :class:`AdaptiveResults`;
+:mod:`cloak.evaluation.adaptive.report` writes it out and reads it back. The
+protection numbers are ordinary :class:`~cloak.evaluation.protocol.results.ProtectionRow`
+rows of an :class:`~cloak.evaluation.protocol.results.ExperimentResults`, scored by the
+protocol's own :func:`~cloak.evaluation.protocol.scoring.tracker_protection`: an
 adapted tracker is a tracker of its own name (``dlib_resnet+correction``,
 ``dlib_resnet+finetune``), a purification a tracker-side transform (``median5``).
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloak.evaluation.purification import Calibration
-from cloak.evaluation.results import ExperimentResults, ProtectionRow, QualityRow, Setting
+from cloak.evaluation.adaptive.purification import Calibration
+from cloak.evaluation.protocol.results import ExperimentResults, ProtectionRow, QualityRow, Setting
 
 #: Suffixes of the adapted trackers' names.
 CORRECTION = "correction"
