@@ -1,14 +1,15 @@
-"""Benchmarks and agreement checks of the PyTorch SFace on this machine.
+"""The face models on this machine: speed, and agreement with the pipelines they re-implement.
 
-- time of one forward+backward (to the input) of sface and dlib_resnet at batch 1 and 32;
-- agreement of our pipeline (MTCNN landmarks, differentiable similarity alignment
-  to the ArcFace template, torch SFace) with OpenCV's (YuNet landmarks,
-  ``FaceRecognizerSF.alignCrop``, SFace run by OpenCV): mean cosine similarity of
-  the two embeddings of the same photo;
-- verification ROC AUC of sface with our alignment (same vs different person).
+- time of one forward+backward (to the input, weights frozen as in the attacks) of sface and
+  dlib_resnet at batch 1 and 32, the models taking turns so a busy machine slows them alike;
+- agreement of our pipeline (MTCNN landmarks, differentiable similarity alignment, torch
+  model) with the original: dlib's own (detector, 5-point shape predictor, get_face_chip) for
+  dlib_resnet, OpenCV's (YuNet landmarks, ``FaceRecognizerSF.alignCrop``, SFace run by
+  OpenCV) for sface: mean cosine similarity of the two embeddings of the same photo;
+- verification ROC AUC of each model with our alignment (same vs different person).
 
 Usage:
-    uv run python scripts/benchmark_sface.py --lfw ../shared/data/lfw-dev --identities 50 --agreement-faces 100
+    uv run python scripts/bench.py models --lfw ../shared/data/lfw-dev --identities 50 --agreement-faces 100
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from PIL import Image
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
-from cloak.evaluation.opencv_pipeline import OpenCVSFacePipeline
-from cloak.evaluation.verification import verification_auc
+from cloak.evaluation.trackers.opencv_pipeline import OpenCVSFacePipeline
+from cloak.evaluation.trackers.verification import alignment_agreement, verification_auc
 from cloak.models.base import FaceEmbedder
 from cloak.models.dlib_resnet import load_dlib_resnet
 from cloak.models.sface import SFace, load_sface
 from cloak.photos.pixels import to_tensor
 
-log = logging.getLogger("benchmark_sface")
+log = logging.getLogger("bench.models")
 
 
 def time_forward_backward(models: dict[str, FaceEmbedder], batch: int, repeats: int = 5) -> dict[str, float]:
@@ -74,32 +75,44 @@ def native_agreement(model: SFace, root: Path, limit: int) -> tuple[float, float
     return float(np.mean(sims)), float(np.min(sims)), len(sims)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def agreement(models: dict[str, FaceEmbedder], root: Path, faces: int) -> None:
+    """Logs each model's agreement with the pipeline it re-implements (dlib's own, OpenCV's)."""
+    mean, n = alignment_agreement(models["dlib_resnet"], root, limit=faces)
+    log.info("dlib_resnet: agreement with dlib's pipeline: mean cosine %.4f over %d faces", mean, n)
+    mean, worst, n = native_agreement(models["sface"], root, faces)
+    log.info("sface: agreement with OpenCV's pipeline: mean cosine %.4f (min %.4f) over %d faces", mean, worst, n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``scripts/bench.py models``: timings, then (with lfw-dev) agreement and verification AUC."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
     parser.add_argument("--identities", type=int, default=50)
     parser.add_argument("--agreement-faces", type=int, default=100)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = load_sface()
+    models: dict[str, FaceEmbedder] = {"sface": load_sface(), "dlib_resnet": load_dlib_resnet()}
     if not args.skip_timing:
         log.info("torch threads: %d", torch.get_num_threads())
-        models = {"sface": model, "dlib_resnet": load_dlib_resnet()}
         for batch in (1, 32):
             for name, seconds in time_forward_backward(models, batch).items():
                 log.info("%s forward+backward, batch %d: %.3f s", name, batch, seconds)
-    if args.lfw.is_dir():
-        mean, worst, n = native_agreement(model, args.lfw, args.agreement_faces)
-        log.info("agreement with OpenCV's pipeline: mean cosine %.4f (min %.4f) over %d faces", mean, worst, n)
+    if not args.lfw.is_dir():
+        log.info("lfw-dev not found at %s: timings only", args.lfw)
+        return
+    agreement(models, args.lfw, args.agreement_faces)
+    for name, model in models.items():
         auc, pairs = verification_auc(model, args.lfw, identities=args.identities)
         log.info(
-            "verification ROC AUC over %d identities: %.4f (%d same / %d different pairs)", args.identities, auc, *pairs
+            "%s: verification ROC AUC over %d identities: %.4f (%d same / %d different pairs)",
+            name,
+            args.identities,
+            auc,
+            *pairs,
         )
-
-
-if __name__ == "__main__":
-    main()

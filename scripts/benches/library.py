@@ -8,7 +8,7 @@ every ``--every`` photos. The run passes when the peak after the last photo is a
 most ``--limit`` times the peak after ``--reference`` photos.
 
 Usage:
-    uv run python scripts/bench_library.py [hydra overrides] [--photos 1000] [--reference 100] [--out DIR]
+    uv run python scripts/bench.py library [hydra overrides] [--photos 1000] [--reference 100] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from cloak.config import load_config
 from cloak.resources import StageTimer, peak_rss_bytes, reset_peak_rss, rss_bytes
 from cloak.run import run
 
-log = logging.getLogger("bench_library")
+log = logging.getLogger("bench.library")
 
 
 def faces(lfw: Path | None, side: int, count: int) -> list[np.ndarray]:
@@ -42,46 +41,38 @@ def faces(lfw: Path | None, side: int, count: int) -> list[np.ndarray]:
     return [np.asarray(Image.open(sorted(f.glob("*.jpg"))[0]).convert("RGB").resize((side, side))) for f in folders]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
-    parser.add_argument("--photos", type=int, default=1000)
-    parser.add_argument("--reference", type=int, default=100, help="photos after which the reference peak is taken")
-    parser.add_argument("--every", type=int, default=50, help="sample memory every this many photos")
-    parser.add_argument("--side", type=int, default=160, help="photo size in pixels")
-    parser.add_argument("--limit", type=float, default=1.1, help="largest allowed peak growth over the reference")
-    parser.add_argument("--out", type=Path, default=None, help="write bench_library.json here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("cloak").setLevel(logging.WARNING)
-    if args.reference >= args.photos:
-        parser.error("--reference must be smaller than --photos")
+class MemorySampler:
+    """A :class:`~cloak.resources.StageTimer` ``on_count`` hook: samples memory every ``every`` photos."""
 
+    def __init__(self, every: int, marks: tuple[int, ...]) -> None:
+        self.every, self.marks = every, marks
+        self.samples: list[dict] = []
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str, total: int) -> None:
+        if name != "photos" or not (total % self.every == 0 or total in self.marks):
+            return
+        s = {
+            "photos": total,
+            "peak_rss_mb": peak_rss_bytes() / 2**20,
+            "rss_mb": rss_bytes() / 2**20,
+            "python_objects": len(gc.get_objects()),
+            "seconds": time.perf_counter() - self.start,
+        }
+        self.samples.append(s)
+        log.info(
+            "%5d photos: peak %.0f MB, resident %.0f MB, %d Python objects, %.0f s",
+            total,
+            s["peak_rss_mb"],
+            s["rss_mb"],
+            s["python_objects"],
+            s["seconds"],
+        )
+
+
+def cloak_library(args: argparse.Namespace, sampler: MemorySampler) -> tuple[int, StageTimer]:
+    """Writes the library to a temporary folder and cloaks it with the real job; ``(status, timer)``."""
     lfw = args.lfw if args.lfw.is_dir() else None
-    samples: list[dict] = []
-    start = time.perf_counter()
-
-    def sample(name: str, total: int) -> None:
-        if name == "photos" and (total % args.every == 0 or total in (args.reference, args.photos)):
-            samples.append(
-                {
-                    "photos": total,
-                    "peak_rss_mb": peak_rss_bytes() / 2**20,
-                    "rss_mb": rss_bytes() / 2**20,
-                    "python_objects": len(gc.get_objects()),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            log.info(
-                "%5d photos: peak %.0f MB, resident %.0f MB, %d Python objects, %.0f s",
-                total,
-                samples[-1]["peak_rss_mb"],
-                samples[-1]["rss_mb"],
-                samples[-1]["python_objects"],
-                samples[-1]["seconds"],
-            )
-
     with tempfile.TemporaryDirectory(prefix="cloak-library-") as tmp:
         folder = Path(tmp) / "library"
         folder.mkdir()
@@ -101,27 +92,27 @@ def main() -> int:
             ]
         )
         log.info("Cloaking %d photos of %d px at %d step(s)...", args.photos, args.side, cfg.strength.steps)
-        timer = StageTimer(on_count=sample)
+        timer = StageTimer(on_count=sampler)
         gc.collect()
         reset_peak_rss()
-        status = run(cfg, timer)
-    if status not in (0, 1):
-        log.error("the run ended with status %d", status)
-        return 2
-    log.info("Time per stage: %s", timer.summary())
+        return run(cfg, timer), timer
+
+
+def verdict(args: argparse.Namespace, timer: StageTimer, samples: list[dict]) -> int:
+    """Prints the reference and last samples and the verdict, writes the JSON; 0 on PASS, 1 on FAIL, 2 on error."""
     by_count = {s["photos"]: s for s in samples}
     if args.reference not in by_count or args.photos not in by_count:
         log.error("the run cloaked %d photos; expected %d", timer.counts.get("photos", 0), args.photos)
         return 2
     reference, last = by_count[args.reference], by_count[args.photos]
     growth = last["peak_rss_mb"] / reference["peak_rss_mb"]
-    verdict = "PASS" if growth <= args.limit else "FAIL"
+    outcome = "PASS" if growth <= args.limit else "FAIL"
     print("| photos | peak RSS MB | resident MB | Python objects |\n|---:|---:|---:|---:|")
     for s in (reference, last):
         print(f"| {s['photos']} | {s['peak_rss_mb']:.0f} | {s['rss_mb']:.0f} | {s['python_objects']} |")
     print(
         f"\npeak after {args.photos} / after {args.reference}: {growth:.3f} "
-        f"(limit {args.limit}): {verdict}; {last['seconds'] / args.photos:.2f} s per photo"
+        f"(limit {args.limit}): {outcome}; {last['seconds'] / args.photos:.2f} s per photo"
     )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -131,13 +122,36 @@ def main() -> int:
             "side": args.side,
             "overrides": ["strength.steps=1", *args.overrides],
             "growth": growth,
-            "verdict": verdict,
+            "verdict": outcome,
             "stages": {"wall": timer.wall, "cpu": timer.cpu, "counts": timer.counts},
             "samples": samples,
         }
         (args.out / "bench_library.json").write_text(json.dumps(payload, indent=2))
-    return 0 if verdict == "PASS" else 1
+    return 0 if outcome == "PASS" else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    """``scripts/bench.py library``: 0 when the peak stays within ``--limit``, 1 when not, 2 on error."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py library", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
+    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--reference", type=int, default=100, help="photos after which the reference peak is taken")
+    parser.add_argument("--every", type=int, default=50, help="sample memory every this many photos")
+    parser.add_argument("--side", type=int, default=160, help="photo size in pixels")
+    parser.add_argument("--limit", type=float, default=1.1, help="largest allowed peak growth over the reference")
+    parser.add_argument("--out", type=Path, default=None, help="write bench_library.json here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("cloak").setLevel(logging.WARNING)
+    if args.reference >= args.photos:
+        parser.error("--reference must be smaller than --photos")
+    sampler = MemorySampler(args.every, (args.reference, args.photos))
+    status, timer = cloak_library(args, sampler)
+    if status not in (0, 1):
+        log.error("the run ended with status %d", status)
+        return 2
+    log.info("Time per stage: %s", timer.summary())
+    return verdict(args, timer, sampler.samples)

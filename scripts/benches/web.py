@@ -12,7 +12,7 @@ before/after views):
    or lfw-dev photos) were cloaked through the page and downloaded as one zip.
 
 Usage:
-    uv run python scripts/bench_web.py [--count 50] [hydra overrides, e.g. strength=high or strength.steps=10]
+    uv run python scripts/bench.py web [--count 50] [hydra overrides, e.g. strength=high or strength.steps=10]
 """
 
 from __future__ import annotations
@@ -128,14 +128,79 @@ def drop_to_result(client: httpx.Client, name: str, photo: bytes) -> tuple[float
     return end - start, status, phases
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+Row = tuple[str, str, str]
+
+
+def astronaut_case(client: httpx.Client) -> list[Row]:
+    """Drop to result for the astronaut (512x512, one face)."""
+    seconds, status, phases = drop_to_result(client, "astronaut.jpg", jpeg_bytes(data.astronaut()))
+    d = status["report"]["faces"][0]["numbers"][0]
+    return [
+        (
+            f"astronaut 512x512, 1 face, {status['strength']} ({status['steps']} steps)",
+            f"{seconds:.1f} s",
+            f"{rss_mb():.0f} MB; dlib distance {d['distance']:.2f}, after JPEG {d['distance_jpeg75']:.2f}",
+        ),
+        ("", "", phases),
+    ]
+
+
+def big_case(client: httpx.Client, folder: Path, count: int) -> list[Row]:
+    """Drop to result for a 12-megapixel group photo of ``count`` faces."""
+    faces = lfw_faces(folder, count)
+    source = f"{len(faces)} lfw-dev faces"
+    if not faces:
+        crop = data.astronaut()[30:260, 140:330]
+        faces, source = [crop] * count, f"{count} astronaut crops"
+    big = jpeg_bytes(group_photo(faces))
+    seconds, status, phases = drop_to_result(client, "group.jpg", big)
+    protected = sum(bool(f["protected"]) for f in status["report"]["faces"])
+    return [
+        (
+            f"4000x3000, {source} + background face, {status['strength']} ({status['steps']} steps)",
+            f"{seconds:.1f} s",
+            f"{rss_mb():.0f} MB (peak {peak_rss_mb():.0f} MB); {len(status['report']['faces'])} faces "
+            f"found, {protected} not matched after JPEG",
+        ),
+        ("", "", phases),
+    ]
+
+
+def small_photos_case(client: httpx.Client, folder: Path, count: int, max_files: int) -> list[Row]:
+    """``count`` small photos cloaked through the page and downloaded as one zip: time and memory."""
+    smalls = lfw_faces(folder, count)
+    if len(smalls) < count:
+        base = data.astronaut()
+        smalls = [base[i % 200 : i % 200 + 256, 100 : 100 + 256] for i in range(count)]
+    start = time.perf_counter()
+    ids = []
+    files = [(f"small{i:03d}.jpg", jpeg_bytes(p)) for i, p in enumerate(smalls)]
+    for group in range(0, len(files), max_files):
+        ids += [p["id"] for p in upload(client, files[group : group + max_files])]
+    statuses = wait_all(client, ids)
+    client.get("/api/download.zip", params={"ids": ",".join(ids)}).raise_for_status()
+    counts = {s: sum(x["status"] == s for x in statuses) for s in sorted(FINAL)}
+    steps = statuses[0]["steps"] or "-"
+    return [
+        (
+            f"{count} small photos ({smalls[0].shape[1]}x{smalls[0].shape[0]}, {steps} steps) + zip",
+            f"{time.perf_counter() - start:.1f} s",
+            f"{rss_mb():.0f} MB after (peak {peak_rss_mb():.0f} MB); {counts}",
+        )
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``scripts/bench.py web``: prints one row per case."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the serve config (default strength=mid)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw-dev"))
     parser.add_argument("--count", type=int, default=50, help="small photos for the memory measurement (0: none)")
     parser.add_argument("--faces", type=int, default=6, help="faces pasted into the 12-megapixel photo")
     parser.add_argument("--skip", choices=["astronaut", "big"], action="append", default=[], help="leave a case out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     cfg = load_config(["open_browser=false", *args.overrides], config_name="serve")
@@ -147,55 +212,11 @@ def main() -> None:
     try:
         with httpx.Client(base_url=server.url, timeout=600) as client:
             if "astronaut" not in args.skip:
-                seconds, status, phases = drop_to_result(client, "astronaut.jpg", jpeg_bytes(data.astronaut()))
-                d = status["report"]["faces"][0]["numbers"][0]
-                rows.append(
-                    (
-                        f"astronaut 512x512, 1 face, {status['strength']} ({status['steps']} steps)",
-                        f"{seconds:.1f} s",
-                        f"{rss_mb():.0f} MB; dlib distance {d['distance']:.2f}, after JPEG {d['distance_jpeg75']:.2f}",
-                    )
-                )
-                rows.append(("", "", phases))
+                rows += astronaut_case(client)
             if "big" not in args.skip:
-                faces = lfw_faces(args.data, args.faces)
-                source = f"{len(faces)} lfw-dev faces"
-                if not faces:
-                    crop = data.astronaut()[30:260, 140:330]
-                    faces, source = [crop] * args.faces, f"{args.faces} astronaut crops"
-                big = jpeg_bytes(group_photo(faces))
-                seconds, status, phases = drop_to_result(client, "group.jpg", big)
-                protected = sum(bool(f["protected"]) for f in status["report"]["faces"])
-                rows.append(
-                    (
-                        f"4000x3000, {source} + background face, {status['strength']} ({status['steps']} steps)",
-                        f"{seconds:.1f} s",
-                        f"{rss_mb():.0f} MB (peak {peak_rss_mb():.0f} MB); {len(status['report']['faces'])} faces "
-                        f"found, {protected} not matched after JPEG",
-                    )
-                )
-                rows.append(("", "", phases))
+                rows += big_case(client, args.data, args.faces)
             if args.count:
-                smalls = lfw_faces(args.data, args.count)
-                if len(smalls) < args.count:
-                    base = data.astronaut()
-                    smalls = [base[i % 200 : i % 200 + 256, 100 : 100 + 256] for i in range(args.count)]
-                start = time.perf_counter()
-                ids = []
-                files = [(f"small{i:03d}.jpg", jpeg_bytes(p)) for i, p in enumerate(smalls)]
-                for group in range(0, len(files), int(cfg.max_files)):
-                    ids += [p["id"] for p in upload(client, files[group : group + int(cfg.max_files)])]
-                statuses = wait_all(client, ids)
-                client.get("/api/download.zip", params={"ids": ",".join(ids)}).raise_for_status()
-                counts = {s: sum(x["status"] == s for x in statuses) for s in sorted(FINAL)}
-                steps = statuses[0]["steps"] or "-"
-                rows.append(
-                    (
-                        f"{args.count} small photos ({smalls[0].shape[1]}x{smalls[0].shape[0]}, {steps} steps) + zip",
-                        f"{time.perf_counter() - start:.1f} s",
-                        f"{rss_mb():.0f} MB after (peak {peak_rss_mb():.0f} MB); {counts}",
-                    )
-                )
+                rows += small_photos_case(client, args.data, args.count, int(cfg.max_files))
     finally:
         server.stop()
     rows.append(("server stopped", "", f"{rss_mb():.0f} MB"))
@@ -203,7 +224,3 @@ def main() -> None:
     print(f"{'':{width}}  {'drop to result':<15} memory (RSS) and notes")
     for what, when, note in rows:
         print(f"{what:{width}}  {when:<15} {note}")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ descriptor and the cloaked face's after a real JPEG q75 re-encode and after a
 photo's SSIM against the original; and the seconds per face and per step.
 
 Usage:
-    uv run python scripts/benchmark_cloak.py --photos 40 [hydra overrides, e.g. strength=high attack=pgd]
+    uv run python scripts/bench.py protection --photos 40 [hydra overrides, e.g. strength=high attack=pgd]
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ from cloak.measurement import measure
 from cloak.photos.pixels import to_tensor
 from cloak.quality import ssim
 
-log = logging.getLogger("benchmark_cloak")
+log = logging.getLogger("bench.protection")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    """``scripts/bench.py protection``."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py protection", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw-dev"))
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8, help="photos cloaked together")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(torch.get_num_threads())
 
@@ -94,7 +97,3 @@ def main() -> None:
             np.median(d),
             100 * (d > 0.6).mean(),
         )
-
-
-if __name__ == "__main__":
-    main()
