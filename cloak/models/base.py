@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,14 +33,24 @@ class FaceEmbedder(nn.Module):
     embedding_dim: int
     #: Short name used in reports and as the member name of an ensemble of one.
     name: str = "model"
-    #: Distance between two :meth:`descriptor` outputs above which the model's
-    #: authors call two faces different people.
-    match_threshold: float | None = None
     #: Cosine similarity of two :meth:`forward` embeddings at the same-person threshold.
     #: Ensembles divide each member's loss by ``1 - cosine_threshold`` (how far a face must
     #: move to stop matching itself), so a model whose embeddings crowd together does not
     #: drown in one whose embeddings spread out. ``None``: no normalisation.
     cosine_threshold: float | None = None
+
+    @property
+    def match_threshold(self) -> float | None:
+        """Distance between two :meth:`descriptor` outputs above which the model calls two faces different people.
+
+        Derived from :attr:`cosine_threshold`: the descriptor is the unit embedding by
+        default, where a Euclidean distance ``d`` and a cosine ``c`` satisfy
+        ``d**2 = 2 - 2 c``. A model whose descriptor is another vector (dlib's raw
+        descriptor) sets its own.
+        """
+        if self.cosine_threshold is None:
+            return None
+        return math.sqrt(2.0 - 2.0 * self.cosine_threshold)
 
     def __init__(self, input_size: tuple[int, int], template: torch.Tensor, embedding_dim: int) -> None:
         super().__init__()

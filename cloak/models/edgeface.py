@@ -232,7 +232,6 @@ class EdgeFace(FaceEmbedder):
 
     name = "edgeface"
     cosine_threshold = _COSINE_THRESHOLD
-    match_threshold = math.sqrt(2.0 - 2.0 * _COSINE_THRESHOLD)
 
     def __init__(self) -> None:
         super().__init__(input_size=(112, 112), template=ARCFACE_TEMPLATE, embedding_dim=_EMBEDDING_DIM)

@@ -33,8 +33,12 @@ class GaussianSmoothed(FaceEmbedder):
         self.inner = inner
         self.sigma = float(sigma)
         self.name = f"{inner.name}/smoothed"
-        self.match_threshold = inner.match_threshold
         self.cosine_threshold = inner.cosine_threshold
+
+    @property
+    def match_threshold(self) -> float | None:
+        """The wrapped model's (its descriptor may not be the unit embedding)."""
+        return self.inner.match_threshold
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         blurred = gaussian_blur(faces, self.sigma)

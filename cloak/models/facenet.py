@@ -50,10 +50,9 @@ class FacenetEmbedder(FaceEmbedder):
         - Output: :math:`(B, 512)`, unit norm.
     """
 
-    # Euclidean distance between unit embeddings; Sandberg's LFW validation of
-    # these weights puts the best same/different threshold near 1.1.
-    match_threshold = 1.1
-    # The descriptor is the unit embedding: Euclidean 1.1 is cosine 1 - 1.1**2 / 2.
+    # Sandberg's LFW validation of these weights puts the best same/different threshold near
+    # a Euclidean distance of 1.1 between unit embeddings: cosine 1 - 1.1**2 / 2 (the base
+    # class derives the distance back from it).
     cosine_threshold = 1 - 1.1**2 / 2
     name = "facenet"
 

@@ -243,7 +243,6 @@ class SFace(FaceEmbedder):
     name = "sface"
     cosine_threshold = _COSINE_THRESHOLD
     # The descriptor is the unit embedding, so cosine c is Euclidean sqrt(2 - 2 c).
-    match_threshold = math.sqrt(2.0 - 2.0 * _COSINE_THRESHOLD)
 
     def __init__(self) -> None:
         super().__init__(input_size=(112, 112), template=ARCFACE_TEMPLATE, embedding_dim=_EMBEDDING_DIM)
