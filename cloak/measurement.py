@@ -57,7 +57,9 @@ class FaceReport:
     on flat skin shows there first), ``psnr`` (dB), ``perceptual`` (HaarPSI,
     1 = identical; None for faces under 16 pixels) and ``color_shift`` (mean a*b*
     distance in CIELAB after a blur, :func:`cloak.quality.color_shift`: tinted patches,
-    which the others miss; 0 = same colours).
+    which the others miss; 0 = same colours) and ``shading`` (:func:`cloak.shading.shading`:
+    the 95th percentile of CIEDE2000 after a blur of 3% of the face's width, over the face
+    with its forehead and cheeks; about 1 starts to show side by side).
     """
 
     box: list[float]
@@ -70,6 +72,7 @@ class FaceReport:
     psnr: float | None = None
     perceptual: float | None = None
     color_shift: float | None = None
+    shading: float | None = None
 
 
 @dataclass
@@ -77,7 +80,7 @@ class PhotoReport:
     """One photo: its faces and the cloaked copy's quality against the original.
 
     ``ssim`` and ``psnr`` are over the whole photo; ``face_ssim`` and
-    ``face_ssim_p5`` are those of its worst face (None without faces), which is
+    ``face_ssim_p5`` (and ``face_shading``, the largest) are those of its worst face (None without faces), which is
     where a cloak shows.
     """
 
@@ -86,6 +89,7 @@ class PhotoReport:
     psnr: float
     face_ssim: float | None = None
     face_ssim_p5: float | None = None
+    face_shading: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +136,7 @@ def measure(
         psnr=whole_psnr,
         face_ssim=min((r.ssim for r in reports), default=None),
         face_ssim_p5=min((r.ssim_p5 for r in reports), default=None),
+        face_shading=max((r.shading for r in reports if r.shading is not None), default=None),
     )
 
 
@@ -230,5 +235,5 @@ def _measure_window(
     quality = face_quality(a, b, boxes[idx] - shift, growth=FACE_BOX_GROWTH)
     for i, values in zip(idx, zip(*quality)):
         r = reports[i]
-        r.ssim, r.ssim_p5, r.psnr, perceptual, r.color_shift = (float(v) for v in values)
+        r.ssim, r.ssim_p5, r.psnr, perceptual, r.color_shift, r.shading = (float(v) for v in values)
         r.perceptual = None if np.isnan(perceptual) else perceptual

@@ -32,6 +32,7 @@ import kornia
 import piq
 import torch
 
+from cloak.shading import shading
 from cloak.transforms import separable_gaussian, smooth
 
 #: Side and sigma of the Gaussian SSIM window, the standard of Wang et al. (2004).
@@ -355,6 +356,8 @@ class FaceQuality(NamedTuple):
         perceptual: HaarPSI over the box (1 for identical; ``nan`` for boxes under
             :data:`HAARPSI_MIN_SIZE` pixels a side).
         color_shift: :func:`color_shift` over the box (0 for no change of colour).
+        shading: :func:`cloak.shading.shading` of the face (its own, larger region; 0 for
+            no change, about 1 where a change of shading starts to show).
     """
 
     ssim: torch.Tensor
@@ -362,6 +365,7 @@ class FaceQuality(NamedTuple):
     psnr: torch.Tensor
     perceptual: torch.Tensor
     color_shift: torch.Tensor
+    shading: torch.Tensor
 
 
 def grow_boxes(boxes: torch.Tensor, growth: float, size: tuple[int, int]) -> torch.Tensor:
@@ -409,7 +413,7 @@ def face_quality(
     growth: float = FACE_BOX_GROWTH,
     max_val: float = 1.0,
 ) -> FaceQuality:
-    """SSIM, 5th-percentile local SSIM, PSNR, HaarPSI and colour shift of each face's region of a photo.
+    """SSIM, 5th-percentile local SSIM, PSNR, HaarPSI, colour shift and shading of each face of a photo.
 
     Each metric is computed on the crop of the face's box grown by ``growth``
     (so a box covering the whole image gives the whole-image metrics). Runs on
@@ -452,5 +456,7 @@ def face_quality(
         else:
             fields["perceptual"].append(torch.full((1,), math.nan, dtype=a.dtype, device=a.device))
         fields["color_shift"].append(color_shift(ca, cb, max_val=max_val))
+    if len(boxes):
+        fields["shading"].append(shading(a[0] / max_val, b[0] / max_val, boxes).to(a.dtype))
     empty = a.new_zeros(0)
     return FaceQuality(**{name: torch.cat(v) if v else empty for name, v in fields.items()})

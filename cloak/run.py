@@ -289,13 +289,14 @@ def _summarise(outcome: Outcome, output: Path) -> None:
         models = sorted({m for rep in outcome.cloaked.values() for f in rep.faces for m in f.distance})
         # The faces first: that is where the cloak is and what people look at; the whole photo
         # (mostly untouched background) dilutes it.
-        header = ["photo", "faces", "face SSIM / p5", "photo SSIM", "PSNR"] + [
+        header = ["photo", "faces", "shading", "face SSIM / p5", "photo SSIM", "PSNR"] + [
             f"{m} dist / JPEG75 (thr)" for m in models
         ]
         rows = []
         for rel, rep in outcome.cloaked.items():
             face = f"{rep.face_ssim:.3f} / {rep.face_ssim_p5:.3f}" if rep.face_ssim is not None else "-"
-            row = [rel, str(len(rep.faces)), face, f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
+            shade = f"{rep.face_shading:.2f}" if rep.face_shading is not None else "-"
+            row = [rel, str(len(rep.faces)), shade, face, f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
             for m in models:
                 d = min(f.distance[m] for f in rep.faces)
                 j = min(f.distance_jpeg75[m] for f in rep.faces)

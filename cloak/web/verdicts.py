@@ -120,7 +120,7 @@ def face_summary(face: FaceReport, strength: str) -> dict:
         ],
         "quality": {
             key: round(value, 4)
-            for key in ("ssim", "psnr", "perceptual")
+            for key in ("shading", "ssim", "ssim_p5", "psnr", "perceptual")
             if (value := getattr(face, key, None)) is not None
         },
         "box": [round(v, 1) for v in face.box],

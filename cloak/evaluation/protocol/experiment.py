@@ -113,6 +113,8 @@ def quality_row(
         face_ssim_p5_min=float(f["ssim_p5"].min()) if n_faces else None,
         n_faces=n_faces,
         face_color_shift=float(f["color_shift"].mean()) if n_faces else None,
+        face_shading=float(f["shading"].mean()) if n_faces else None,
+        face_shading_max=float(f["shading"].max()) if n_faces else None,
     )
 
 

@@ -103,6 +103,8 @@ class QualityRow:
         face_ssim_min, face_ssim_p5_min: the worst face's.
         face_color_shift: mean over the faces of their change of colour
             (:func:`cloak.quality.color_shift`; 0 on grey photos with a grey cloak).
+        face_shading, face_shading_max: mean and largest shading figure of the faces
+            (:func:`cloak.shading.shading`; about 1 starts to show side by side).
     """
 
     setting: str
@@ -120,6 +122,8 @@ class QualityRow:
     face_ssim_p5_min: float | None = None
     n_faces: int = 0
     face_color_shift: float | None = None
+    face_shading: float | None = None
+    face_shading_max: float | None = None
 
 
 @dataclass

@@ -278,13 +278,22 @@ function renderFaces(card, photo) {
   const quality = faces
     .map((face, index) => (face.quality && face.quality.ssim !== undefined ? `face ${index + 1} ${face.quality.ssim.toFixed(3)}` : ""))
     .filter(Boolean);
+  const shading = faces
+    .map((face, index) =>
+      face.quality && face.quality.shading !== undefined ? `face ${index + 1} ${face.quality.shading.toFixed(2)}` : ""
+    )
+    .filter(Boolean);
   body.append(
     el(
       "p",
       "hint",
       `Distance between the face descriptors of your original and the cloaked copy (after JPEG: once the copy is ` +
         `re-compressed at quality 75, as platforms do). Above the threshold, the model no longer sees the same ` +
-        `person. Image quality: SSIM ${photo.report.ssim.toFixed(3)} (1 = identical)` +
+        `person. ` +
+        (shading.length
+          ? `Change of shading and tone on the faces: ${shading.join(", ")} (0 = none; about 1 starts to show side by side). `
+          : "") +
+        `Image quality: SSIM ${photo.report.ssim.toFixed(3)} (1 = identical)` +
         (quality.length ? ` (around the faces: ${quality.join(", ")})` : "") +
         `, PSNR ` +
         `${photo.report.psnr.toFixed(1)} dB. Strength: ${photo.strength}; ${photo.width}\u00d7${photo.height} ` +

@@ -1,0 +1,110 @@
+"""The shading figure (cloak/shading.py): CIEDE2000 after a blur, per face, and the budget that holds a cloak to it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import deltaE_ciede2000
+
+from cloak.attacks.budget import FaceBudget
+from cloak.shading import SHADING_GROWTH, ciede2000, shading, shading_box, shading_map
+from cloak.transforms import smooth
+
+
+def _lab(values: np.ndarray) -> torch.Tensor:
+    """``[N, 3]`` Lab values as a ``[3, 1, N]`` image."""
+    return torch.from_numpy(values.T.copy()).reshape(3, 1, -1)
+
+
+def test_ciede2000_matches_scikit_image_on_random_colours_greys_and_equal_pairs():
+    rng = np.random.default_rng(0)
+    n = 2000
+    a = np.stack([rng.uniform(0, 100, n), rng.uniform(-90, 90, n), rng.uniform(-90, 90, n)], -1)
+    b = a + rng.normal(0, 4, a.shape)
+    b[:100] = a[:100]  # equal pairs
+    b[100:300, 1:] = 0  # grey against colour
+    a[200:300, 1:] = 0  # grey against grey
+    b[300:400, 1] = -a[300:400, 2]  # hues turned by about a quarter
+    b[300:400, 2] = a[300:400, 1]
+    expected = deltaE_ciede2000(a, b)
+    got = ciede2000(_lab(a), _lab(b)).numpy().ravel()
+    # float64 throughout; the eps that keeps square roots differentiable moves values by < 1e-9.
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_ciede2000_has_finite_gradients_on_grey_and_equal_colours():
+    grey = torch.zeros(3, 2, 2, dtype=torch.float64)
+    grey[0] = 40
+    moved = grey.clone().requires_grad_(True)
+    ciede2000(grey, moved).sum().backward()  # equal: the difference is 0 and so is its gradient
+    assert torch.isfinite(moved.grad).all()
+    lighter = (grey + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).view(3, 1, 1)).requires_grad_(True)
+    ciede2000(grey, lighter).sum().backward()
+    assert torch.isfinite(lighter.grad).all() and lighter.grad[0].abs().min() > 0
+
+
+def test_a_uniform_lightness_shift_of_grey_scores_its_ciede2000_value():
+    """Synthetic shading of known size: mid grey lightened by 3/255 everywhere scores dL* / S_L."""
+    photo = torch.full((3, 120, 100), 118 / 255, dtype=torch.float64)
+    lighter = photo + 3 / 255
+    box = torch.tensor([[20.0, 30.0, 80.0, 100.0]], dtype=torch.float64)
+
+    def lightness(v: float) -> float:  # sRGB grey -> L*
+        lin = ((v + 0.055) / 1.055) ** 2.4
+        f = lin ** (1 / 3) if lin > (6 / 29) ** 3 else lin / (3 * (6 / 29) ** 2) + 4 / 29
+        return 116 * f - 16
+
+    l1, l2 = lightness(118 / 255), lightness(121 / 255)
+    mean = (l1 + l2) / 2
+    s_l = 1 + 0.015 * (mean - 50) ** 2 / math.sqrt(20 + (mean - 50) ** 2)
+    assert float(shading(photo, lighter, box)[0]) == pytest.approx((l2 - l1) / s_l, rel=1e-4)
+
+
+def test_the_figure_sees_shading_and_not_texture():
+    """A smooth darkening of one cheek scores far more than a fine texture of the same amplitude."""
+    photo = torch.full((3, 150, 120), 0.55, dtype=torch.float64)
+    box = torch.tensor([[20.0, 30.0, 100.0, 130.0]], dtype=torch.float64)
+    yy, xx = torch.meshgrid(torch.arange(150.0), torch.arange(120.0), indexing="ij")
+    cheek = torch.exp(-((xx - 45) ** 2 + (yy - 90) ** 2) / (2 * 20.0**2)).double()
+    shaded = photo - 4 / 255 * cheek
+    checker = ((xx + yy) % 2 * 2 - 1).double()
+    textured = photo + 4 / 255 * checker * cheek
+    smooth_score = float(shading(photo, shaded, box)[0])
+    texture_score = float(shading(photo, textured, box)[0])
+    assert smooth_score > 1.0  # about 1.5 L* units at the cheek's centre
+    assert texture_score < smooth_score / 20
+
+
+def test_the_region_is_the_box_grown_as_the_issue_defines_it():
+    left, right, top, bottom = SHADING_GROWTH
+    assert shading_box((100, 100, 200, 220), (1000, 1000)) == (
+        100 - 100 * left,
+        100 - 120 * top,
+        200 + 100 * right,
+        220 + 120 * bottom,
+    )
+    assert shading_box((0, 0, 50, 50), (40, 40)) == (0, 0, 40, 40)
+    with pytest.raises(ValueError, match="no pixel inside"):
+        shading_box((100, 100, 150, 150), (40, 40))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        shading_map(torch.zeros(3, 8, 8), torch.zeros(3, 8, 9), 8.0)
+
+
+def test_a_cloak_beyond_the_shading_limit_is_shrunk_to_it():
+    """FaceBudget.shrink: a smooth cloak that scores above 2 is scaled until the face's figure is <= 1."""
+    torch.manual_seed(0)
+    clean = (0.5 + 0.05 * smooth(torch.rand(1, 3, 140, 120, dtype=torch.float64), 3.0)).mul(255).round() / 255
+    # A grey cloak of smooth blotches, as the default remodels a face.
+    delta = 6 / 255 * smooth(smooth(torch.randn(1, 1, 140, 120, dtype=torch.float64), 8.0).sign(), 2.0)
+    delta = delta.expand(1, 3, -1, -1)
+    bound = torch.full((1, 1, 140, 120), 6 / 255, dtype=torch.float64)
+    boxes = torch.tensor([[25.0, 35.0, 95.0, 125.0]], dtype=torch.float64)
+    budget = FaceBudget(boxes, (140, 120), None, None, max_shading=1.0)
+    full = (clean + delta).clamp(0, 1)
+    assert float(shading(clean[0], full[0], boxes)[0]) > 2.0, "the test cloak does not exceed the limit"
+    shrunk = budget.shrink(clean, delta, bound)
+    figure = float(shading(clean[0], shrunk[0], boxes)[0])
+    assert figure <= 1.0
+    assert figure > 0.7, "shrunk far below the limit"
+    assert budget.within(shrunk, clean)
