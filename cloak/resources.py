@@ -2,7 +2,7 @@
 
 :class:`StageTimer` is what :func:`cloak.run.run` times its stages with (decode,
 detect, cloak, measure, encode, ...) and logs at debug level; the benchmarks
-(``scripts/bench.py``, ``scripts/bench_library.py``) read the same numbers.
+(``scripts/bench.py cloak``, ``scripts/bench.py library``) read the same numbers.
 CPU seconds are those of the whole process (all threads), so on a machine shared
 with other jobs they show the work done where wall seconds show the waiting too.
 

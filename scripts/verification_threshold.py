@@ -24,10 +24,10 @@ import torch
 
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
-from cloak.evaluation.tracker_registry import load_tracker_model
-from cloak.evaluation.verification import roc_auc
+from cloak.evaluation.trackers.registry import load_tracker_model
+from cloak.evaluation.trackers.verification import roc_auc
 from cloak.photos import load_photo
-from cloak.protect import to_tensor
+from cloak.photos.pixels import to_tensor
 
 log = logging.getLogger("verification_threshold")
 

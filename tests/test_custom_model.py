@@ -257,7 +257,7 @@ def test_config_and_ensemble_member():
     from hydra.utils import instantiate
 
     from cloak.config import load_config
-    from cloak.evaluation.tracker_registry import load_tracker_model
+    from cloak.evaluation.trackers.registry import load_tracker_model
 
     overrides = ["model=custom", f"model.path={MOBILEFACE_JSON}", "model.flip=true", "model.cosine_threshold=0.46"]
     overrides += ["model.input_size=[112,112]", "model.mean=[1,2,3]", "model.template=[[1,2],[3,4],[5,6],[7,8],[9,9]]"]

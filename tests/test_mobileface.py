@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import altered_copy
 
-from cloak.evaluation.verification import embed_photos, roc_auc
+from cloak.evaluation.trackers.verification import embed_photos, roc_auc
 from cloak.models.graph_interpreter import GraphError, UnsupportedOpError, same_padding
 from cloak.models.mobileface import MOBILEFACE_FILES, MobileFace, default_model_dir, load_mobileface
 from cloak.models.sface import ARCFACE_TEMPLATE
@@ -329,7 +329,7 @@ def test_config_is_a_tracker_and_the_ensemble_variant_names_it():
     from hydra.utils import instantiate
 
     from cloak.config import load_config
-    from cloak.evaluation.tracker_registry import model_trackers
+    from cloak.evaluation.trackers.registry import model_trackers
 
     built = instantiate(load_config(["model=mobileface"]).model)
     assert isinstance(built, MobileFace) and not built.training

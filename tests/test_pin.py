@@ -53,6 +53,9 @@ OVERRIDES = [
     "attack.member_prob=null",
     "attack.work_scale=null",
     "attack.background_eps=null",
+    "attack.max_shading=null",
+    "attack.shading_weight=1.0",
+    "attack.highpass_sigma=0.0",
 ]
 
 

@@ -53,7 +53,7 @@ def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list
     at step ``t``, nearly twice the mean at the first step and near 0 at the last. Under a
     face budget, steps of one size keep jumping back and forth across the budget's edge
     and the cloak ends short of it (mean face SSIM 0.954 for a 0.95 budget at mid); steps
-    that shrink settle on it (0.950) and protect more (experiments/README.md).
+    that shrink settle on it (0.950) and protect more (experiments/log.md, "What else was tried").
     """
     if schedule not in STEP_SCHEDULES:
         raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
@@ -138,7 +138,7 @@ class Attack:
         min_steps: the fewest steps a photo takes before it may stop early.
         work_scale: faces larger than this many photo pixels per model-input pixel are
             cloaked on a copy shrunk to that scale and the cloak enlarged back
-            (:mod:`cloak.working_scale`, used by :func:`~cloak.protect.cloak_photos`);
+            (:mod:`cloak.cloaking.working_scale`, used by :func:`~cloak.cloaking.groups.cloak_photos`);
             ``None`` cloaks every face on the photo's own pixels.
         background_eps: L-inf bound (0-255) outside the faces' boxes grown 10%, where the
             face budget does not look (background, hair, neck, in the models' crops), times

@@ -267,5 +267,4 @@ def load_custom(
     model.name = str(name)
     if cosine_threshold is not None:
         model.cosine_threshold = float(cosine_threshold)
-        model.match_threshold = math.sqrt(2.0 - 2.0 * float(cosine_threshold))
     return model.eval()

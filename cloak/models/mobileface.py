@@ -31,7 +31,6 @@ for EdgeFace and 0.988 for SFace: a weaker recognizer, but another family.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -123,9 +122,7 @@ class MobileFace(FaceEmbedder):
     """
 
     name = "mobileface"
-    cosine_threshold = _COSINE_THRESHOLD
-    # The descriptor is the unit embedding, so cosine c is Euclidean sqrt(2 - 2 c).
-    match_threshold = math.sqrt(2.0 - 2.0 * _COSINE_THRESHOLD)
+    cosine_threshold = _COSINE_THRESHOLD  # the base class derives match_threshold from it
 
     def __init__(self, graph: GraphInterpreter, flip: bool = True) -> None:
         super().__init__(input_size=_INPUT, template=ARCFACE_TEMPLATE, embedding_dim=_EMBEDDING_DIM)

@@ -22,7 +22,7 @@ all threads) show the work done.
 
 Usage:
     uv run python scripts/bench.py cloak [hydra overrides] [--models dlib_resnet,ensemble] [--out DIR] [--quick]
-    OMP_NUM_THREADS=2 uv run python scripts/bench.py cloak --repeat 2 --out bench-out   # the README's numbers
+    OMP_NUM_THREADS=2 uv run python scripts/bench.py cloak --repeat 2 --out bench-out   # docs/performance.md's numbers
 """
 
 from __future__ import annotations
