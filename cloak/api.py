@@ -70,4 +70,4 @@ def protect(
     model = model.to(torch_device)
     faces = detector.detect_many(photos)
     cloaked = cloak_photos(photos, faces, attack, model, torch_device)
-    return [Protected(c, measure(p, c, f, model, torch_device)) for p, c, f in zip(photos, cloaked, faces)]
+    return [Protected(c, measure(p, c, f, model, torch_device, attack)) for p, c, f in zip(photos, cloaked, faces)]

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from cloak.alignment import crop_footprint, crop_to_image_matrix, warp_crops
+from cloak.attacks.base import Attack
 from cloak.detection import Face
 from cloak.imaging.platform import jpeg
 from cloak.imaging.windows import (
@@ -60,6 +61,10 @@ class FaceReport:
     which the others miss; 0 = same colours) and ``shading`` (:func:`cloak.shading.shading`:
     the 95th percentile of CIEDE2000 after a blur of 3% of the face's width, over the face
     with its forehead and cheeks; about 1 starts to show side by side).
+
+    ``margin_jpeg75[model]`` is ``distance_jpeg75 / threshold``: past 1, the model no
+    longer matches the face after JPEG. ``limit_use[limit]`` is the share of each of the
+    cloak's visibility limits the face used (:func:`limit_use`; 1 = all of it).
     """
 
     box: list[float]
@@ -73,6 +78,28 @@ class FaceReport:
     perceptual: float | None = None
     color_shift: float | None = None
     shading: float | None = None
+    margin_jpeg75: dict[str, float] = field(default_factory=dict)
+    limit_use: dict[str, float] = field(default_factory=dict)
+
+
+def limit_use(
+    face: FaceReport,
+    max_shading: float | None = None,
+    min_face_ssim: float | None = None,
+    min_face_ssim_p5: float | None = None,
+) -> dict[str, float]:
+    """The share of each set visibility limit a cloaked face used: 0 = none, 1 = all of it.
+
+    ``shading``: its figure over ``max_shading``; ``ssim`` and ``ssim_p5``: how far each
+    fell below 1 over how far the limit lets it fall.
+    """
+    use = {}
+    if max_shading is not None and face.shading is not None:
+        use["shading"] = face.shading / max_shading
+    for key, floor, value in (("ssim", min_face_ssim, face.ssim), ("ssim_p5", min_face_ssim_p5, face.ssim_p5)):
+        if floor is not None and value is not None and floor < 1:
+            use[key] = (1 - value) / (1 - floor)
+    return {k: round(v, 4) for k, v in use.items()}
 
 
 @dataclass
@@ -106,8 +133,12 @@ def measure(
     faces: Sequence[Face],
     model: FaceEmbedder | Ensemble,
     device: torch.device | str = "cpu",
+    attack: Attack | None = None,
 ) -> PhotoReport:
     """Image quality and per-model descriptor distances of a cloaked photo against its original.
+
+    With the ``attack`` that made the cloak, each face also says how much of its
+    visibility limits it used (:attr:`FaceReport.limit_use`).
 
     Faces are aligned with the landmarks found in the original, so the distances
     show what the cloak did, not detector jitter.
@@ -129,6 +160,14 @@ def measure(
         reads = _face_reads(matrices, members, boxes)
         for window, idx in _windows(reads, original.shape[:2], matrices):
             _measure_window(original, cloaked, window, idx, matrices, members, boxes, reports, device)
+    for r in reports:
+        r.margin_jpeg75 = {
+            name: round(dist / r.threshold[name], 4)
+            for name, dist in r.distance_jpeg75.items()
+            if r.threshold.get(name)
+        }
+        if attack is not None:
+            r.limit_use = limit_use(r, attack.max_shading, attack.min_face_ssim, attack.min_face_ssim_p5)
     whole_ssim, whole_psnr = photo_quality(original, cloaked)
     return PhotoReport(
         faces=reports,

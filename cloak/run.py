@@ -250,7 +250,7 @@ def _cloak_batch(
         if not written:
             continue
         with timer.stage("measure"):
-            outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device)
+            outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device, parts.attack)
         timer.count("photos")
         if preview:
             png = output / PREVIEW_DIR / rel.with_suffix(".png")

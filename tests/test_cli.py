@@ -74,6 +74,14 @@ def test_folder_is_cloaked_safely_and_reported(photos, caplog):
     assert "necessary, not sufficient" in caplog.text and "Limits" in caplog.text
     # And the face's colour shift, which SSIM does not see, as report.json has it.
     assert f"largest {face['color_shift']:.2f}" in caplog.text
+    # The shading figure, the share of each visibility limit used and each model's margin.
+    limits = {"shading": 1.0, "ssim": 0.97, "ssim_p5": 0.90}  # the default preset's
+    assert 0 < face["shading"] <= limits["shading"]
+    assert face["limit_use"]["shading"] == pytest.approx(face["shading"] / limits["shading"], abs=1e-4)
+    assert face["limit_use"]["ssim"] == pytest.approx((1 - face["ssim"]) / (1 - limits["ssim"]), abs=1e-3)
+    assert 0 < face["limit_use"]["ssim_p5"] <= 1 + 1e-6 and face["limit_use"]["ssim"] <= 1 + 1e-6
+    for model, margin in face["margin_jpeg75"].items():
+        assert margin == pytest.approx(face["distance_jpeg75"][model] / face["threshold"][model], abs=1e-4)
 
 
 def test_rerun_skips_done_photos_and_overwrite_redoes_them(photos):

@@ -46,6 +46,23 @@ BACKGROUND_MASKING = VisualMasking()
 STEP_SCHEDULES = ("constant", "cosine")
 
 
+#: Gradient components within this many machine epsilons of the gradient's largest are
+#: rounding noise: their sign depends on the order of a reduction (a batch of photos or
+#: one alone, AVX2 or AVX512 kernels), so they take no step.
+SIGN_NOISE_EPS = 64
+
+
+def settled_sign(g: torch.Tensor) -> torch.Tensor:
+    """``g.sign()``, with 0 where ``|g|`` is rounding noise (:data:`SIGN_NOISE_EPS` of ``max |g|``).
+
+    A luma cloak's gradient is the sum of the R, G and B gradients, which often nearly
+    cancel: a plain sign turns a remainder of either sign at the level of float rounding
+    into a full step, so the cloak would depend on the batch it was computed in.
+    """
+    noise = SIGN_NOISE_EPS * torch.finfo(g.dtype).eps * g.abs().amax()
+    return torch.where(g.abs() > noise, g.sign(), torch.zeros_like(g))
+
+
 def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
     """The size of each of ``steps`` sign steps; their mean is ``step_size`` for every schedule.
 
@@ -383,7 +400,7 @@ class Attack:
                         # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
                         v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
                         g = v
-                    d -= sizes[step] * g.sign()
+                    d -= sizes[step] * settled_sign(g)
                     d.clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)

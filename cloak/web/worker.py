@@ -319,7 +319,7 @@ class CloakWorker:
         if self._stop.is_set():  # stopping: write nothing more into the folder being deleted
             raise _Stopped
         job.status = SAVING
-        report = measure(loaded.rgb, cloaked, faces, model, parts.device)
+        report = measure(loaded.rgb, cloaked, faces, model, parts.device, preset.attack)
         job.result = save_photo(cloaked, loaded, dest, **save_kw)
         self._write_previews(job, loaded, cloaked)
         job.report = {
