@@ -61,10 +61,14 @@ def test_high_cloaks_with_every_offline_family_unless_a_model_is_named():
 
 def test_strength_presets_grow():
     # Steps do not grow with strength: low's tight budget needs the most steps to settle.
-    presets = [load_config([f"strength={s}"]).strength for s in ("low", "mid", "high")]
-    eps = [p.eps for p in presets]
+    configs = [load_config([f"strength={s}"]) for s in ("low", "mid", "high")]
+    presets = [c.strength for c in configs]
     face_ssim, p5 = [p.min_face_ssim for p in presets], [p.min_face_ssim_p5 for p in presets]
-    assert eps == sorted(eps)
+    # Each preset names its shading limit and the attack holds it: low's is the tightest, the
+    # default's is where a change starts to show (1.0), high has none (it says so plainly).
+    shading = [c.attack.max_shading for c in configs]
+    assert shading[0] < shading[1] == 1.0 and shading[2] is None
+    assert [c.attack.min_face_ssim for c in configs] == face_ssim
     assert face_ssim == sorted(face_ssim, reverse=True) and len(set(face_ssim)) == 3, "each preset allows more change"
     assert p5 == sorted(p5, reverse=True) and len(set(p5)) == 3
 

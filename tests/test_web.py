@@ -328,7 +328,10 @@ def test_strength_presets_share_overrides_and_follow_the_chosen_one():
     presets, default = build_presets(load_config(["strength=high", "strength.steps=3"], config_name="serve"))
     assert default == "high"
     assert {p.steps for p in presets.values()} == {3}
-    assert [p.eps for p in presets.values()] == sorted(p.eps for p in presets.values())
+    # An override shared by every preset leaves each its own visibility limits.
+    own_limits = {n: load_config([f"strength={n}"], config_name="serve").strength.get("max_shading") for n in presets}
+    assert {n: p.attack.max_shading for n, p in presets.items()} == own_limits
+    assert len(set(own_limits.values())) == 3
     presets, default = build_presets(load_config(["strength=low"], config_name="serve"), "low")
     own = {n: load_config([f"strength={n}"], config_name="serve").strength.steps for n in presets}
     assert default == "low" and {n: p.steps for n, p in presets.items()} == own and len(set(own.values())) > 1
