@@ -57,7 +57,7 @@ class FaceReport:
     ``ssim`` (mean), ``ssim_p5`` (5th percentile of the local SSIM map: texture
     on flat skin shows there first), ``psnr`` (dB), ``perceptual`` (HaarPSI,
     1 = identical; None for faces under 16 pixels) and ``color_shift`` (mean a*b*
-    distance in CIELAB after a blur, :func:`cloak.quality.color_shift`: tinted patches,
+    distance in CIELAB after a blur, :func:`cloak.shading.color_shift`: tinted patches,
     which the others miss; 0 = same colours) and ``shading`` (:func:`cloak.shading.shading`:
     the 95th percentile of CIEDE2000 after a blur of 3% of the face's width, over the face
     with its forehead and cheeks; about 1 starts to show side by side).

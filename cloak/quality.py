@@ -28,12 +28,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import kornia
 import piq
 import torch
 
-from cloak.shading import shading
-from cloak.transforms import separable_gaussian, smooth
+from cloak.shading import color_shift, shading
+from cloak.transforms import separable_gaussian
 
 #: Side and sigma of the Gaussian SSIM window, the standard of Wang et al. (2004).
 SSIM_WINDOW = 11
@@ -246,43 +245,6 @@ def dssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tenso
         - Output: :math:`(B,)`, with :math:`B = 1` for unbatched inputs
     """
     return (1.0 - ssim(a, b, max_val=max_val)) / 2.0
-
-
-#: Gaussian sigma (pixels) of the blur before :func:`color_shift`: the eye sees a colour
-#: change as a patch, not pixel by pixel.
-COLOR_SHIFT_SIGMA = 2.0
-
-
-def color_shift(
-    a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0, sigma: float = COLOR_SHIFT_SIGMA
-) -> torch.Tensor:
-    """Mean change of colour (not of lightness) per image: CIE76 distance in the a*b* plane of CIELAB.
-
-    Both images are Gaussian-blurred first (``sigma`` pixels), so the measure sees
-    the tinted patches a smooth cloak can leave (green irises, magenta cheeks), which
-    SSIM, computed per RGB channel, and HaarPSI barely register. About 1 is at the
-    edge of what people notice side by side; 0 for two images of the same colours.
-
-    Args:
-        a: first image(s), values in ``[0, max_val]``.
-        b: second image(s), same shape as ``a``.
-        max_val: the data range.
-        sigma: the blur, in pixels.
-
-    Returns:
-        The mean a*b* distance of each image pair (CIELAB units).
-
-    Raises:
-        ValueError: if the shapes differ or are not ``[3, H, W]`` / ``[B, 3, H, W]``.
-
-    Shape:
-        - a: :math:`(B, 3, H, W)` or :math:`(3, H, W)`
-        - b: same as ``a``
-        - Output: :math:`(B,)`, with :math:`B = 1` for unbatched inputs
-    """
-    a, b = _batched(a, b)
-    lab = [kornia.color.rgb_to_lab(smooth(x / max_val, sigma).clamp(0, 1)) for x in (a, b)]
-    return (lab[0][:, 1:] - lab[1][:, 1:]).norm(dim=1).mean(dim=(1, 2))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The shading figure: how far a face's look (its light, shade and tone) moved, as people see it.
+"""What people see of a cloak that SSIM misses: the shading figure and the colour shift.
 
 SSIM barely responds to smooth, low-frequency change, yet that is what makes a cloaked
 face look like someone else: hollowed cheeks, darker brows, a contoured nose, another
@@ -22,7 +22,7 @@ import math
 import kornia
 import torch
 
-from cloak.transforms import separable_gaussian
+from cloak.transforms import separable_gaussian, smooth
 
 #: Gaussian sigma of the blur before comparing, as a fraction of the face box's width.
 SHADING_SIGMA = 0.03
@@ -32,6 +32,50 @@ SHADING_PERCENTILE = 95.0
 SHADING_GROWTH = (0.2, 0.2, 0.3, 0.1)
 
 _POW25_7 = 25.0**7
+
+
+#: Gaussian sigma (pixels) of the blur before :func:`color_shift`: the eye sees a colour
+#: change as a patch, not pixel by pixel.
+COLOR_SHIFT_SIGMA = 2.0
+
+
+def color_shift(
+    a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0, sigma: float = COLOR_SHIFT_SIGMA
+) -> torch.Tensor:
+    """Mean change of colour (not of lightness) per image: CIE76 distance in the a*b* plane of CIELAB.
+
+    Both images are Gaussian-blurred first (``sigma`` pixels), so the measure sees
+    the tinted patches a smooth cloak can leave (green irises, magenta cheeks), which
+    SSIM, computed per RGB channel, and HaarPSI barely register. About 1 is at the
+    edge of what people notice side by side; 0 for two images of the same colours.
+
+    Args:
+        a: first image(s), values in ``[0, max_val]``.
+        b: second image(s), same shape as ``a``.
+        max_val: the data range.
+        sigma: the blur, in pixels.
+
+    Returns:
+        The mean a*b* distance of each image pair (CIELAB units).
+
+    Raises:
+        ValueError: if the shapes differ or are not ``[3, H, W]`` / ``[B, 3, H, W]``.
+
+    Shape:
+        - a: :math:`(B, 3, H, W)` or :math:`(3, H, W)`
+        - b: same as ``a``
+        - Output: :math:`(B,)`, with :math:`B = 1` for unbatched inputs
+    """
+    a, b = _pair(a, b)
+    lab = [kornia.color.rgb_to_lab(smooth(x / max_val, sigma).clamp(0, 1)) for x in (a, b)]
+    return (lab[0][:, 1:] - lab[1][:, 1:]).norm(dim=1).mean(dim=(1, 2))
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two RGB images of one shape as ``[B, 3, H, W]`` batches, or a clear error."""
+    if a.shape != b.shape or a.ndim not in (3, 4) or a.shape[-3] != 3:
+        raise ValueError(f"a and b must both be [3, H, W] or [B, 3, H, W], got {list(a.shape)} and {list(b.shape)}")
+    return (a.unsqueeze(0), b.unsqueeze(0)) if a.ndim == 3 else (a, b)
 
 
 def _check_lab(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -31,9 +31,6 @@ class Distortion:
     zoom: float = 1.0
     #: Alignment rotation about the crop's centre, degrees.
     rotation: float = 0.0
-    #: Input diversity: ``(scale, x, y)``, the face shrunk by ``scale`` inside the crop and
-    #: placed at fraction ``(x, y)`` of the room left (see :func:`shrink_crop`).
-    diversity: tuple[float, float, float] | None = None
 
 
 def resize_round_trip(image: torch.Tensor, scale: float) -> torch.Tensor:
@@ -49,33 +46,6 @@ def resize_round_trip(image: torch.Tensor, scale: float) -> torch.Tensor:
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     down = F.interpolate(image, size=small, mode="bilinear", antialias=True, align_corners=False)
     return F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def shrink_crop(
-    crop_to_image: torch.Tensor, diversity: tuple[float, float, float], size: tuple[int, int]
-) -> torch.Tensor:
-    """Crop matrices that show the face shrunk by ``scale`` at a random place in the crop.
-
-    The differentiable counterpart of DI-FGSM's resize-and-pad, done on the alignment
-    matrix: the room around the shrunk face shows the photo around it instead of padding.
-
-    Args:
-        crop_to_image: maps crop pixels to photo pixels.
-        diversity: ``(scale, x, y)`` with ``scale`` in ``(0, 1]`` and ``x, y`` in ``[0, 1]``.
-        size: ``(h, w)`` of the crop.
-
-    Shape:
-        - crop_to_image: :math:`(F, 2, 3)`
-        - Output: :math:`(F, 2, 3)`
-    """
-    scale, x, y = diversity
-    if not 0 < scale <= 1:
-        raise ValueError(f"diversity scale must be in (0, 1], got {scale}")
-    h, w = size
-    ox, oy = (1 - scale) * w * x, (1 - scale) * h * y
-    # crop pixel u shows what the unshrunk crop showed at (u - offset) / scale.
-    adjust = crop_to_image.new_tensor([[1 / scale, 0.0, -ox / scale], [0.0, 1 / scale, -oy / scale], [0, 0, 1]])
-    return crop_to_image @ adjust
 
 
 def gaussian_kernel_size(sigma: float) -> int:

@@ -26,8 +26,6 @@ EXEMPT_MODULES = {"cloak/models/dlib_format.py"}
 KNOWN_OVER = {
     "cloak/attacks/base.py": "Attack is being slimmed on main (fewer switches, fewer arguments)",
     "cloak/attacks/base.py:__init__": "Attack's 27 arguments: being reduced on main",
-    "cloak/attacks/base.py:_run": "the attack loop: being changed on main",
-    "cloak/quality.py": "a shading metric is being added on main; split it there",
     "cloak/run.py:_run": "the run's report fields are being changed on main",
     "cloak/run.py:_summarise": "the run's report fields are being changed on main",
     "cloak/evaluation/adaptive/finetune.py:finetune_dlib": "one training loop; not yet split",

@@ -7,7 +7,8 @@ import kornia
 import pytest
 import torch
 
-from cloak.quality import LocalSSIM, color_shift, dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
+from cloak.quality import LocalSSIM, dssim, face_quality, haarpsi, psnr, ssim, ssim_map, ssim_percentile
+from cloak.shading import color_shift
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (32, 40)) -> torch.Tensor:

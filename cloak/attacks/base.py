@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -24,11 +24,10 @@ from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
 from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import PhotoFaces, Region, face_region
 from cloak.device import bfloat16_autocast
-from cloak.models.augmentation import skip_gradient
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
 from cloak.quality import FACE_BOX_GROWTH, dssim
-from cloak.transforms import Distortion, RobustTransform, shrink_crop
+from cloak.transforms import Distortion, RobustTransform
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +138,6 @@ class Attack:
         transform: random platform distortions averaged over; ``None`` for none.
         random_start: start from uniform noise in half the L-inf ball.
         seed: seeds everything random, together with each photo's pixels.
-        momentum: decay of the accumulated gradient direction (MI-FGSM, Dong et al. 2018);
-            0 for plain sign steps. Momentum steadies the direction across the random
-            distortions, which helps the cloak transfer to models it never saw.
-        input_diversity: probability, per step and face, of shrinking each model's crop by a
-            random factor in ``[diversity_scale, 1)`` and padding it back at a random offset
-            (DI-FGSM, Xie et al. 2019); 0 for none.
-        diversity_scale: the smallest shrink factor of ``input_diversity``.
-        skip_gradient: scales the gradient through the residual branches of the models
-            that support it (skip-gradient model augmentation, Wu et al. 2020); 1 for none.
         stop_margin: early stopping: a photo stops once every face is past every model's
             same-person threshold by this margin (in units of the model's loss scale, see
             :meth:`face_margin`), averaged over the recent random distortions; ``None``
@@ -162,10 +152,6 @@ class Attack:
             the visual masking map there (full in hair and texture, a quarter on a flat
             wall); ``None`` for ``eps`` everywhere. Needs the faces' ``boxes``; no effect at or
             above ``eps``.
-        member_prob: ensemble member name -> probability that the member takes part in a
-            step (members not named always do). A slow member at 0.5 costs half its time;
-            its weight at the steps it takes part in is divided by the probability, so the
-            loss matches the full ensemble's in expectation. At least one view always stays.
         bfloat16_members: ensemble members whose forward and backward run under bfloat16
             autocast during the optimisation, where the device computes bfloat16 natively
             (:func:`~cloak.device.native_bfloat16`); elsewhere, and for the clean references
@@ -190,23 +176,18 @@ class Attack:
         transform: RobustTransform | None = None,
         random_start: bool = True,
         seed: int = 0,
-        momentum: float = 0.0,
-        input_diversity: float = 0.0,
-        diversity_scale: float = 0.85,
         min_face_ssim_p5: float | None = None,
         ssim_p5_weight: float = 50.0,
         min_face_ssim: float | None = None,
         masking: VisualMasking | bool | None = None,
         perturbation_sigma: float = 0.0,
         color: str = "rgb",
-        skip_gradient: float = 1.0,
         stop_margin: float | None = None,
         min_steps: int = 10,
         work_scale: float | None = None,
         background_eps: float | None = None,
         max_chroma: float = 1.0,
         step_schedule: str = "constant",
-        member_prob: Mapping[str, float] | None = None,
         bfloat16_members: Sequence[str] = (),
         max_shading: float | None = None,
         shading_weight: float = 1.0,
@@ -227,15 +208,6 @@ class Attack:
         self.transform = transform if transform is not None and not transform.is_identity else None
         self.random_start = bool(random_start)
         self.seed = int(seed)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if not 0 <= input_diversity <= 1:
-            raise ValueError(f"input_diversity must be in [0, 1], got {input_diversity}")
-        if not 0 < diversity_scale <= 1:
-            raise ValueError(f"diversity_scale must be in (0, 1], got {diversity_scale}")
-        self.momentum = float(momentum)
-        self.input_diversity = float(input_diversity)
-        self.diversity_scale = float(diversity_scale)
         if min_face_ssim_p5 is not None and not -1 < min_face_ssim_p5 < 1:
             raise ValueError(f"min_face_ssim_p5 must be in (-1, 1) or null, got {min_face_ssim_p5}")
         if perturbation_sigma < 0:
@@ -250,11 +222,8 @@ class Attack:
         self.masking = VisualMasking() if masking is True else (masking or None)
         self.perturbation_sigma = float(perturbation_sigma)
         self.color = color
-        if not 0 < skip_gradient <= 1:
-            raise ValueError(f"skip_gradient must be in (0, 1], got {skip_gradient}")
         if min_steps < 0:
             raise ValueError(f"min_steps must be >= 0, got {min_steps}")
-        self.skip_gradient = float(skip_gradient)
         self.stop_margin = None if stop_margin is None else float(stop_margin)
         self.min_steps = int(min_steps)
         if work_scale is not None and work_scale < 1:
@@ -277,10 +246,6 @@ class Attack:
         self.max_shading = None if max_shading is None else float(max_shading)
         self.shading_weight = float(shading_weight)
         self.highpass_sigma = float(highpass_sigma)
-        self.member_prob = {str(k): float(v) for k, v in (member_prob or {}).items()}
-        for member, prob in self.member_prob.items():
-            if not 0 < prob <= 1:
-                raise ValueError(f"member_prob of {member} must be in (0, 1], got {prob}")
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -308,21 +273,6 @@ class Attack:
         """
         return None
 
-    def sampled_members(self, views: Views, generator: torch.Generator) -> Views:
-        """``views`` without the members that sit out this step (``member_prob``), reweighted."""
-        if not self.member_prob:
-            return views
-        members = sorted({name.split("/")[0] for name in views} & set(self.member_prob))
-        coins = dict(zip(members, torch.rand(len(members), generator=generator).tolist()))
-        kept: Views = {}
-        for name, (model, weight) in views.items():
-            member = name.split("/")[0]
-            if member not in coins:
-                kept[name] = (model, weight)
-            elif coins[member] < self.member_prob[member]:
-                kept[name] = (model, weight / self.member_prob[member])
-        return kept or views
-
     # ---- the shared loop --------------------------------------------------------
     def __call__(
         self,
@@ -339,13 +289,9 @@ class Attack:
         """
         ensemble = as_ensemble(model)
         views = self.views(ensemble)
-        members = sorted(name for name, _, _ in ensemble.items())
-        unknown = sorted(set(self.member_prob) - set(members))
-        if unknown:
-            raise ValueError(f"member_prob names {unknown}, not members of the model; its members: {members}")
         if not photos:
             return []
-        with _frozen(ensemble), skip_gradient(ensemble, self.skip_gradient):
+        with _frozen(ensemble):
             return self._run(views, list(photos), progress)
 
     def _run(self, views: Views, photos: list[PhotoFaces], progress: Callable[[int], None] | None) -> list[CloakResult]:
@@ -363,15 +309,13 @@ class Attack:
             s.start(c, self.eps, g if self.random_start else None).requires_grad_(True)
             for s, c, g in zip(shapes, clean, gens)
         ]
-        velocity = [torch.zeros_like(d) for d in deltas]
         stopping = _EarlyStop(self, [len(p.landmarks) for p in photos])
         sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
-        # Every view's weight: members sitting out a step (member_prob) do not raise the
-        # others' share, so the expected loss is the full ensemble's.
+        # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
 
         for step in range(self.steps):
-            active = self.sampled_members(self.active_views(views, step_gen), step_gen)
+            active = self.active_views(views, step_gen)
             live = stopping.live()
             if not live:
                 break
@@ -395,11 +339,7 @@ class Attack:
             grads = torch.autograd.grad(loss, [deltas[i] for i in live])
             stopping.update(live, active, per_view, step)
             with torch.no_grad():
-                for d, g, v in zip([deltas[i] for i in live], grads, [velocity[i] for i in live]):
-                    if self.momentum > 0:
-                        # MI-FGSM: accumulate L1-normalised gradients, step along their sign.
-                        v.mul_(self.momentum).add_(g / g.abs().mean().clamp_min(1e-12))
-                        g = v
+                for d, g in zip([deltas[i] for i in live], grads):
                     d -= sizes[step] * settled_sign(g)
                     d.clamp_(-self.eps, self.eps)
             if progress is not None:
@@ -426,12 +366,8 @@ class Attack:
         return results
 
     def _draw(self, generator: torch.Generator) -> Distortion:
-        """One step's random distortion of one photo (platform transform and input diversity)."""
-        draw = self.transform.sample(generator) if self.transform is not None else Distortion()
-        if self.input_diversity > 0 and float(torch.rand((), generator=generator)) < self.input_diversity:
-            scale, dx, dy = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
-            draw = replace(draw, diversity=(self.diversity_scale + (1 - self.diversity_scale) * scale, dx, dy))
-        return draw
+        """One step's random platform distortion of one photo."""
+        return self.transform.sample(generator) if self.transform is not None else Distortion()
 
     def _crops(
         self, views: Views, images: list[torch.Tensor], regions: list[Region], draws: list[Distortion] | None
@@ -453,8 +389,6 @@ class Attack:
                     m = region.matrices[name]
                     if draws is not None:
                         m = RobustTransform.jitter(m, draw, model.input_size)
-                    if draws is not None and draw.diversity is not None:
-                        m = shrink_crop(m, draw.diversity, model.input_size)
                     warped[layouts[name]] = warp_crops(img.expand(len(m), -1, -1, -1), m, model.input_size)
                 crops[name].append(warped[layouts[name]])
         return {name: torch.cat(c) for name, c in crops.items()}

@@ -142,14 +142,7 @@ class _Affine(nn.Module):
 
 
 class _Residual(nn.Module):
-    """``relu(block(x) + shortcut(x))``; down-sampling blocks use stride 2 and a 2x2 average-pool shortcut.
-
-    ``residual_gradient`` (1 = plain backprop) scales the gradient through the block
-    but not the forward pass: below 1 it favours the shortcut, the skip-gradient
-    model augmentation of transfer attacks (see :mod:`cloak.models.augmentation`).
-    """
-
-    residual_gradient: float = 1.0
+    """``relu(block(x) + shortcut(x))``; down-sampling blocks use stride 2 and a 2x2 average-pool shortcut."""
 
     def __init__(self, in_channels: int, channels: int, down: bool) -> None:
         super().__init__()
@@ -161,8 +154,6 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
-        if self.residual_gradient != 1.0:
-            y = y * self.residual_gradient + (y * (1.0 - self.residual_gradient)).detach()
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
         return F.relu(_add_zero_padded(y, shortcut))
 

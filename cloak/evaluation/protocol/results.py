@@ -102,7 +102,7 @@ class QualityRow:
             (texture on flat skin shows there first). None when no face was measured.
         face_ssim_min, face_ssim_p5_min: the worst face's.
         face_color_shift: mean over the faces of their change of colour
-            (:func:`cloak.quality.color_shift`; 0 on grey photos with a grey cloak).
+            (:func:`cloak.shading.color_shift`; 0 on grey photos with a grey cloak).
         face_shading, face_shading_max: mean and largest shading figure of the faces
             (:func:`cloak.shading.shading`; about 1 starts to show side by side).
     """
