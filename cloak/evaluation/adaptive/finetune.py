@@ -32,6 +32,7 @@ from torch import nn
 from cloak.alignment import align_faces
 from cloak.evaluation.adaptive.results import CorrectionFit, FinetuneFit
 from cloak.evaluation.protocol.scoring import Embedded
+from cloak.evaluation.trackers.pipelines import ModelPipeline
 from cloak.models.base import FaceEmbedder
 from cloak.models.dlib_resnet import DlibResNet
 from cloak.photos import to_tensor
@@ -207,6 +208,26 @@ def aligned_faces(
         if lm is not None
     ]
     return (torch.cat(crops) if crops else torch.zeros(0, 3, h, w, device=device)), found
+
+
+def aligned_twins(
+    pipeline: ModelPipeline,
+    model: FaceEmbedder,
+    originals: Sequence[np.ndarray],
+    cloaked: Sequence[np.ndarray],
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The (clean, cloaked) twins' faces aligned as ``pipeline`` aligns them for ``model``, where it finds both.
+
+    Returns:
+        ``([M, 3, h, w] clean crops, [M, 3, h, w] cloaked crops, the M rows of the twins kept)``.
+    """
+    clean_lm = pipeline.landmarks(originals)
+    cloaked_lm = pipeline.landmarks(cloaked)
+    keep = [i for i, (c, k) in enumerate(zip(clean_lm, cloaked_lm)) if c is not None and k is not None]
+    clean_faces, _ = aligned_faces([originals[i] for i in keep], [clean_lm[i] for i in keep], model, device)
+    cloaked_faces, _ = aligned_faces([cloaked[i] for i in keep], [cloaked_lm[i] for i in keep], model, device)
+    return clean_faces, cloaked_faces, keep
 
 
 class _TrunkFeatures:
