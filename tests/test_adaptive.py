@@ -11,16 +11,9 @@ from PIL import Image
 
 from cloak.config import load_config
 from cloak.evaluation.adaptive.adaptation import adaptation_photos
+from cloak.evaluation.adaptive.correction import EmbeddingCorrection, correct, mean_pair_cosine, train_correction
 from cloak.evaluation.adaptive.detectability import CNNDetector, ResidualDetector, detection_score, face_window
-from cloak.evaluation.adaptive.finetune import (
-    EmbeddingCorrection,
-    correct,
-    dlib_head,
-    dlib_trunk,
-    finetune_dlib,
-    mean_pair_cosine,
-    train_correction,
-)
+from cloak.evaluation.adaptive.finetune import dlib_head, dlib_trunk, finetune_dlib
 from cloak.evaluation.adaptive.purification import PURIFIERS, calibrate, clean_accuracy, median, purifier
 from cloak.evaluation.adaptive.report import load_adaptive_results
 from cloak.evaluation.protocol.dataset import DatasetError, select_photos

@@ -7,8 +7,8 @@ is tested on the users' clean photos, scored by
 regression, rank-1), with the no-cloak baseline. What changes is the tracker:
 
 1. **Oblivious**: the trackers of ``trackers`` as they are.
-2. **Adaptive** (:mod:`cloak.evaluation.adaptive.finetune`): the tracker has the public
-   ``cloak`` tool too. It cloaks photos of an *adaptation set* (``adaptive.identities``
+2. **Adaptive** (:mod:`~cloak.evaluation.adaptive.correction`,
+   :mod:`~cloak.evaluation.adaptive.finetune`): the tracker has the public ``cloak`` tool too. It cloaks photos of an *adaptation set* (``adaptive.identities``
    public identities, neither users nor distractors, up to
    ``adaptive.photos_per_identity`` photos each) with the experiment's own
    cloak config (the tool's default settings unless overridden), then trains
@@ -45,14 +45,9 @@ from cloak.builders import build_from_config
 from cloak.detection import Face
 from cloak.device import resolve_device
 from cloak.evaluation.adaptive.adaptation import CloakCache, adaptation_photos, cloak_cached
+from cloak.evaluation.adaptive.correction import correct, mean_pair_cosine, train_correction
 from cloak.evaluation.adaptive.detectability import DETECTORS, detection_scores, labelled_pairs
-from cloak.evaluation.adaptive.finetune import (
-    aligned_twins,
-    correct,
-    finetune_dlib,
-    mean_pair_cosine,
-    train_correction,
-)
+from cloak.evaluation.adaptive.finetune import aligned_twins, finetune_dlib
 from cloak.evaluation.adaptive.purification import calibrate, clean_accuracy, purifier
 from cloak.evaluation.adaptive.results import CORRECTION, FINETUNE, AdaptiveResults, adapted_name
 from cloak.evaluation.adaptive.stages import Cloaked, Embeddings, Tools
