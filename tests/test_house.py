@@ -30,7 +30,6 @@ KNOWN_OVER = {
     "cloak/quality.py": "a shading metric is being added on main; split it there",
     "cloak/run.py:_run": "the run's report fields are being changed on main",
     "cloak/run.py:_summarise": "the run's report fields are being changed on main",
-    "cloak/models/sface.py:read_sface_onnx": "reads the ONNX graph layer by layer; not yet split",
     "cloak/web/app.py:create_app": "the routes are closures of create_app; not yet split",
 }
 
