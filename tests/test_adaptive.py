@@ -10,17 +10,10 @@ import torch
 from PIL import Image
 
 from cloak.config import load_config
+from cloak.evaluation.adaptive.adaptation import adaptation_photos
+from cloak.evaluation.adaptive.correction import EmbeddingCorrection, correct, mean_pair_cosine, train_correction
 from cloak.evaluation.adaptive.detectability import CNNDetector, ResidualDetector, detection_score, face_window
-from cloak.evaluation.adaptive.experiment import adaptation_photos
-from cloak.evaluation.adaptive.finetune import (
-    EmbeddingCorrection,
-    correct,
-    dlib_head,
-    dlib_trunk,
-    finetune_dlib,
-    mean_pair_cosine,
-    train_correction,
-)
+from cloak.evaluation.adaptive.finetune import dlib_head, dlib_trunk, finetune_dlib
 from cloak.evaluation.adaptive.purification import PURIFIERS, calibrate, clean_accuracy, median, purifier
 from cloak.evaluation.adaptive.report import load_adaptive_results
 from cloak.evaluation.protocol.dataset import DatasetError, select_photos
@@ -254,6 +247,53 @@ def test_adaptation_set_is_disjoint_from_users_and_distractors(tmp_path):
     assert [p.parent.name for p in paths] == list(labels)
     with pytest.raises(DatasetError, match="max_distractors"):
         adaptation_photos(photos.split, [*photos.distractor_labels, *names], 5, 2, seed=0)
+
+
+def test_the_adaptive_experiment_enlarges_every_photo_by_data_upscale(tmp_path, monkeypatch, tiny_embedder):
+    """``data.upscale`` reaches every photo the adaptive experiment cloaks and its trackers see, as in the protocol."""
+    from types import SimpleNamespace
+
+    import cloak.evaluation.adaptive.experiment as adaptive
+    import cloak.evaluation.protocol.steps as steps
+    from cloak.attacks import PGD
+    from cloak.evaluation.protocol.sweep import sweep_settings
+
+    rng = np.random.default_rng(0)
+    for name, n in [("Ann", 6), ("Bob", 6), *((f"Id{i}", 2) for i in range(5))]:
+        (tmp_path / name).mkdir()
+        for j in range(n):
+            Image.fromarray(rng.integers(0, 256, (10, 8, 3), dtype=np.uint8)).save(tmp_path / name / f"{name}_{j}.png")
+    overrides = ["experiment=adaptive", f"data.root={tmp_path}", "data.n_users=2", "data.min_photos=6"]
+    overrides += ["data.max_photos_per_user=6", "data.max_distractors=2", "adaptive.identities=2", "device=cpu"]
+    overrides += ["adaptive.photos_per_identity=2", "data.upscale=2.5"]
+    cfg = load_config(overrides, config_name="evaluate")
+    seen: list[tuple[int, ...]] = []
+
+    class _Detector:
+        def detect_many(self, photos):
+            seen.extend(p.shape for p in photos)
+            return [[] for _ in photos]
+
+    class _Pipeline:
+        trackers = ["fake"]
+
+        def embed(self, photos, progress=None):
+            seen.extend(p.shape for p in photos)
+            return {"fake": Embedded(np.ones((len(photos), 4), np.float32), np.ones(len(photos), bool))}
+
+    monkeypatch.setattr(steps, "instantiate", lambda _: _Detector())
+    monkeypatch.setattr(steps, "build_pipelines", lambda *_: ([_Pipeline()], {}))
+    cloak = SimpleNamespace(model=tiny_embedder(), attack=PGD(eps=8, steps=1))
+    monkeypatch.setattr(adaptive, "build_from_config", lambda *_, **__: cloak)
+    experiment = adaptive.AdaptiveExperiment(cfg, tmp_path)
+    tools = experiment.load(sweep_settings(cfg, overrides)[0])
+    photos = experiment.cloak(tools)
+    experiment.embed(tools, photos)
+    read = len(experiment.photos.all_paths) + len(experiment.adapt_paths)  # embedded from disk
+    cloaked = len(photos.shared_cloaked) + len(photos.adapt_cloaked)  # detected, then embedded cloaked
+    assert len(seen) == read + 2 * cloaked and set(seen) == {(25, 20, 3)}  # 10 x 8 photos, enlarged 2.5x
+    assert {p.shape for p in photos.shared_cloaked + photos.adapt_cloaked} == {(25, 20, 3)}
+    assert experiment.results.protection.data["upscale"] == 2.5
 
 
 # ---------------------------------------------------------------------------

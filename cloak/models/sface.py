@@ -28,7 +28,6 @@ fewer operations per attack step.
 from __future__ import annotations
 
 import importlib.resources
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cloak.models.base import FaceEmbedder
-from cloak.models.onnx_weights import fold_constants
+from cloak.models.sface_onnx import SFaceFormatError, compute_chain, conv_layer, fc_head, scalar
 from cloak.models.weights import WeightsUnavailableError, require_pinned_file
 
 __all__ = [
@@ -128,10 +127,6 @@ SFACE_OPS: tuple[str, ...] = (
     "Gemm",
     "BatchNormalization",
 )
-
-
-class SFaceFormatError(ValueError):
-    """An ONNX file is not the SFace network this module implements."""
 
 
 class _ConvPReLU(nn.Module):
@@ -284,30 +279,13 @@ class SFace(FaceEmbedder):
         self.input_scale.fill_(params.input_scale)
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _batchnorm(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(a, b)`` with ``BatchNormalization(x) = a * x + b`` per channel, float64."""
-    gamma, beta, mean, var = (values[name].astype(np.float64) for name in node.input[1:5])
-    a = gamma / np.sqrt(var + float(_attrs(node).get("epsilon", 1e-5)))
-    return a, beta - a * mean
-
-
-def _scalar(values: dict[str, np.ndarray], node: onnx.NodeProto) -> float:
-    arr = values[node.input[1]]
-    if arr.size != 1:
-        raise SFaceFormatError(f"{node.op_type} on the input must use a scalar, got shape {list(arr.shape)}")
-    return float(arr.ravel()[0])
-
-
 def read_sface_onnx(model: onnx.ModelProto | str | Path) -> SFaceParameters:
     """Reads and checks SFace's weights from its ONNX graph (quantised or float).
 
     Weight-preparation nodes (``DequantizeLinear``, ``Reshape``) are evaluated in
     numpy; the remaining nodes must form one chain with the op types of
-    :data:`SFACE_OPS`, with convolutions shaped and strided as :data:`SFACE_CONVS`.
+    :data:`SFACE_OPS`, with convolutions shaped and strided as :data:`SFACE_CONVS`
+    (the steps are those of :mod:`cloak.models.sface_onnx`).
 
     Args:
         model: the ONNX model or the path of its file.
@@ -317,94 +295,12 @@ def read_sface_onnx(model: onnx.ModelProto | str | Path) -> SFaceParameters:
     """
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    graph = model.graph
-    values, compute = fold_constants(graph)
-    ops = tuple(node.op_type for node in compute)
-    if ops != SFACE_OPS:
-        first = next((i for i, (a, b) in enumerate(zip(ops, SFACE_OPS)) if a != b), min(len(ops), len(SFACE_OPS)))
-        raise SFaceFormatError(
-            f"the graph is not OpenCV Zoo's SFace: {len(ops)} compute nodes where SFace has {len(SFACE_OPS)}, "
-            f"first difference at node {first} ({ops[first : first + 3]} instead of {SFACE_OPS[first : first + 3]})"
-        )
-    graph_inputs = [i.name for i in graph.input if i.name not in values]
-    if compute[0].input[0] not in graph_inputs:
-        raise SFaceFormatError(f"the first node reads {compute[0].input[0]!r}, not a graph input")
-    for prev, node in itertools.pairwise(compute):
-        if node.input[0] != prev.output[0]:
-            raise SFaceFormatError(
-                f"{node.op_type} {node.name or node.output[0]!r} does not read the previous node's output: "
-                "the graph is not a plain chain as SFace is"
-            )
-        missing = [name for name in node.input[1:] if name and name not in values]
-        if missing:
-            raise SFaceFormatError(f"{node.op_type} {node.output[0]!r} reads non-constant tensors {missing}")
-
-    input_mean = _scalar(values, compute[0])
-    input_scale = _scalar(values, compute[1])
-    convs = []
-    for i, spec in enumerate(SFACE_CONVS):
-        conv, bn, prelu = compute[2 + 3 * i : 5 + 3 * i]
-        attrs = _attrs(conv)
-        weight = values[conv.input[1]].astype(np.float64)
-        k = spec.kernel
-        expected_shape = (spec.out_channels, spec.in_channels // spec.groups, k, k)
-        got = {
-            "weight shape": tuple(weight.shape),
-            "strides": tuple(attrs.get("strides", (1, 1))),
-            "pads": tuple(attrs.get("pads", (0, 0, 0, 0))),
-            "group": attrs.get("group", 1),
-            "dilations": tuple(attrs.get("dilations", (1, 1))),
-        }
-        want = {
-            "weight shape": expected_shape,
-            "strides": (spec.stride, spec.stride),
-            "pads": (k // 2,) * 4,
-            "group": spec.groups,
-            "dilations": (1, 1),
-        }
-        if got != want:
-            raise SFaceFormatError(f"convolution {i} ({conv.output[0]!r}) is {got}, SFace's is {want}")
-        bias = values[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
-        a, b = _batchnorm(bn, values)
-        slope = values[prelu.input[1]]
-        if slope.size != spec.out_channels:
-            raise SFaceFormatError(f"PReLU {i} has {slope.size} slopes for {spec.out_channels} channels")
-        convs.append(
-            (
-                (weight * a[:, None, None, None]).astype(np.float32),
-                (a * bias + b).astype(np.float32),
-                slope.reshape(-1).astype(np.float32),
-            )
-        )
-
-    bn_features, dropout, flatten, gemm, bn_out = compute[-5:]
-    if len(dropout.input) > 2 and dropout.input[2]:
-        raise SFaceFormatError("the dropout has a training_mode input; SFace's runs in inference mode")
-    if _attrs(flatten).get("axis", 1) != 1:
-        raise SFaceFormatError("the flatten must keep the batch axis (axis 1)")
-    gemm_attrs = _attrs(gemm)
-    if (gemm_attrs.get("alpha", 1.0), gemm_attrs.get("beta", 1.0), gemm_attrs.get("transA", 0)) != (1.0, 1.0, 0):
-        raise SFaceFormatError(f"the fully connected layer has attributes {gemm_attrs}, SFace's plain y = x W^T + b")
-    weight = values[gemm.input[1]].astype(np.float64)
-    if not gemm_attrs.get("transB", 0):
-        weight = weight.T
-    n_features = math.prod(_FEATURE_SHAPE)
-    if weight.shape != (_EMBEDDING_DIM, n_features):
-        raise SFaceFormatError(
-            f"fully connected weight is {list(weight.shape)}, SFace's {[_EMBEDDING_DIM, n_features]}"
-        )
-    fc_bias = values[gemm.input[2]].astype(np.float64).reshape(-1) if len(gemm.input) > 2 else np.zeros(_EMBEDDING_DIM)
-    # fc(a * x + b) with a, b per feature channel repeated over the 7x7 positions (flatten is channel-major).
-    a_in, b_in = (np.repeat(v, _FEATURE_SHAPE[1] * _FEATURE_SHAPE[2]) for v in _batchnorm(bn_features, values))
-    a_out, b_out = _batchnorm(bn_out, values)
-    head_weight = a_out[:, None] * (weight * a_in[None, :])
-    head_bias = a_out * (weight @ b_in + fc_bias) + b_out
+    values, compute = compute_chain(model.graph, SFACE_OPS)
+    input_mean, input_scale = scalar(values, compute[0]), scalar(values, compute[1])
+    convs = [conv_layer(i, spec, compute[2 + 3 * i : 5 + 3 * i], values) for i, spec in enumerate(SFACE_CONVS)]
+    head_weight, head_bias = fc_head(compute[-5:], values, _FEATURE_SHAPE, _EMBEDDING_DIM)
     return SFaceParameters(
-        input_mean=input_mean,
-        input_scale=input_scale,
-        convs=convs,
-        head_weight=head_weight.astype(np.float32),
-        head_bias=head_bias.astype(np.float32),
+        input_mean=input_mean, input_scale=input_scale, convs=convs, head_weight=head_weight, head_bias=head_bias
     )
 
 

@@ -15,27 +15,35 @@ and scored on the users' photos:
   resolution, behind a fixed high-pass layer (as steganalysis detectors are built).
 
 :func:`detection_score` gives the ROC AUC and the precision and recall at the
-threshold of best accuracy.
+threshold of best accuracy; :func:`detection_scores` trains and scores every detector
+of the ``detectability`` config after each transform.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from cloak.detection import Face
 from cloak.evaluation.adaptive.results import DetectionScore
+from cloak.imaging.platform import PlatformTransform, apply_transform
 
 log = logging.getLogger(__name__)
+
+#: The detectors of ``detectability.detectors``.
+DETECTORS = ("residual_logreg", "cnn")
 
 #: A face box ``(x1, y1, x2, y2)`` in pixels.
 Box = Sequence[float] | np.ndarray
@@ -261,3 +269,64 @@ def detection_score(
         fpr=[float(v) for v in fpr],
         tpr=[float(v) for v in tpr],
     )
+
+
+#: Photos, their face boxes and whether each is cloaked.
+Labelled = tuple[list[np.ndarray], list[Box], list[bool]]
+
+
+def labelled_pairs(
+    originals: Sequence[np.ndarray], cloaked: Sequence[np.ndarray], faces: Sequence[list[Face]]
+) -> Labelled:
+    """Each photo with a face clean, then each cloaked, with its first face's box and its label."""
+    rows = [i for i, f in enumerate(faces) if f]
+    both = [originals[i] for i in rows] + [cloaked[i] for i in rows]
+    boxes = [faces[i][0].box for i in rows] * 2
+    return both, boxes, [False] * len(rows) + [True] * len(rows)
+
+
+def build_detector(name: str, opts: DictConfig, seed: int, device: torch.device | str) -> Detector:
+    """The detector ``name`` of :data:`DETECTORS` with its settings in ``opts`` (the ``detectability`` config)."""
+    if name == "residual_logreg":
+        return ResidualDetector(C=float(opts.logreg_C))
+    cnn = opts.cnn
+    return CNNDetector(
+        window=int(cnn.window),
+        epochs=int(cnn.epochs),
+        lr=float(cnn.lr),
+        batch_size=int(cnn.batch_size),
+        seed=seed,
+        device=device,
+    )
+
+
+def detection_scores(
+    opts: DictConfig,
+    transforms: Mapping[str, PlatformTransform],
+    train: Labelled,
+    test: Labelled,
+    seed: int,
+    device: torch.device | str,
+) -> list[DetectionScore]:
+    """Each detector of ``opts.detectors`` trained on ``train`` and scored on ``test``, after each transform."""
+    out = []
+    for label, transform in transforms.items():
+        train_photos = train[0] if label == "none" else apply_transform(train[0], transform)
+        test_photos = test[0] if label == "none" else apply_transform(test[0], transform)
+        for name in opts.detectors:
+            t0 = time.perf_counter()
+            detector = build_detector(str(name), opts, seed, device).fit(train_photos, train[1], train[2])
+            score = detection_score(
+                str(name), label, detector.scores(test_photos, test[1]), test[2], n_train=len(train_photos)
+            )
+            out.append(score)
+            log.info(
+                "Detector %s [%s]: AUC %.3f, precision %.2f, recall %.2f (%.0f s)",
+                name,
+                label,
+                score.auc,
+                score.precision,
+                score.recall,
+                time.perf_counter() - t0,
+            )
+    return out

@@ -6,10 +6,8 @@ people it already knows (public identities, not the users) and train its
 recognizer to see through cloaks. Two ways, both trained only on such an
 *adaptation set* of (cloaked, clean) twins:
 
-* :class:`EmbeddingCorrection` (:func:`train_correction`): a small residual
-  MLP on top of the tracker's frozen embeddings, trained so that a cloaked
-  photo's embedding lands on its clean twin's (and a clean one stays put). It
-  then corrects every embedding the tracker computes (:func:`correct`).
+* :class:`~cloak.evaluation.adaptive.correction.EmbeddingCorrection`: a small residual
+  MLP on top of the tracker's frozen embeddings (:mod:`cloak.evaluation.adaptive.correction`).
 * :func:`finetune_dlib`: robust training of the tracker's own model, dlib's
   ResNet: its last residual block(s) and final linear layer are trained for a
   few epochs at a small learning rate to classify the adaptation identities
@@ -23,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,151 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cloak.alignment import align_faces
-from cloak.evaluation.adaptive.results import CorrectionFit, FinetuneFit
-from cloak.evaluation.protocol.scoring import Embedded
+from cloak.evaluation.adaptive.correction import cos_loss
+from cloak.evaluation.adaptive.results import FinetuneFit
+from cloak.evaluation.trackers.pipelines import ModelPipeline
 from cloak.models.base import FaceEmbedder
 from cloak.models.dlib_resnet import DlibResNet
 from cloak.photos import to_tensor
 
 log = logging.getLogger(__name__)
-
-
-class EmbeddingCorrection(nn.Module):
-    """``x -> normalize(x + mlp(x))``: a residual correction of unit embeddings.
-
-    The last layer starts at zero, so an untrained correction is the identity.
-
-    Args:
-        dim: embedding length.
-        hidden: width of the hidden layer.
-    """
-
-    def __init__(self, dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.out = nn.Linear(hidden, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x + self.out(self.net(x)), dim=-1)
-
-
-def _cos_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
-
-
-def train_correction(
-    cloaked: np.ndarray,
-    clean: np.ndarray,
-    hidden: int = 256,
-    epochs: int = 500,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    validation: float = 0.2,
-    seed: int = 0,
-    tracker: str = "",
-) -> tuple[EmbeddingCorrection, CorrectionFit]:
-    """Trains an :class:`EmbeddingCorrection` mapping each cloaked embedding onto its clean twin.
-
-    The training set is every pair ``(cloaked[i] -> clean[i])`` and every clean
-    embedding onto itself (``clean[i] -> clean[i]``: the tracker cannot tell
-    which photos are cloaked, so the correction must leave clean ones alone).
-    Loss: mean ``1 - cos``; full-batch Adam. A ``validation`` fraction of the
-    pairs (when at least 5 pairs) is held out, and the correction of the step
-    with the lowest held-out loss is kept (early stopping: a few hundred pairs
-    are easy to memorise).
-
-    Args:
-        cloaked: ``[N, D]`` embeddings of cloaked photos.
-        clean: ``[N, D]`` embeddings of the same photos, clean.
-        hidden: hidden width.
-        epochs: full-batch steps (at most).
-        lr, weight_decay: Adam's.
-        validation: fraction of the pairs held out for early stopping (0: none).
-        seed: seeds the initialisation and the held-out draw.
-        tracker: the tracker's name, for the fit's record.
-
-    Returns:
-        The trained correction (eval mode, on the CPU) and its fit.
-
-    Raises:
-        ValueError: on mismatched shapes or no pairs.
-    """
-    cloaked = np.asarray(cloaked, dtype=np.float32)
-    clean = np.asarray(clean, dtype=np.float32)
-    if cloaked.ndim != 2 or cloaked.shape != clean.shape or len(cloaked) == 0:
-        raise ValueError(
-            f"cloaked and clean must be matching [N, D] arrays with N >= 1, got {cloaked.shape} and {clean.shape}"
-        )
-    torch.manual_seed(seed)
-    x_cloaked, x_clean = F.normalize(torch.from_numpy(cloaked), dim=-1), F.normalize(torch.from_numpy(clean), dim=-1)
-    n_val = round(validation * len(cloaked)) if len(cloaked) >= 5 else 0
-    order = torch.randperm(len(cloaked), generator=torch.Generator().manual_seed(seed))
-    val, train = order[:n_val], order[n_val:]
-    inputs = torch.cat([x_cloaked[train], x_clean[train]])
-    targets = torch.cat([x_clean[train], x_clean[train]])
-    model = EmbeddingCorrection(cloaked.shape[1], hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    with torch.no_grad():
-        before = float(_cos_loss(x_cloaked, x_clean))
-
-    def val_loss() -> float:
-        with torch.no_grad():
-            return float(_cos_loss(model(x_cloaked[val]), x_clean[val]) + _cos_loss(model(x_clean[val]), x_clean[val]))
-
-    best, best_step, best_state = val_loss() if n_val else 0.0, 0, copy.deepcopy(model.state_dict())
-    for step in range(1, int(epochs) + 1):
-        opt.zero_grad()
-        loss = _cos_loss(model(inputs), targets)
-        loss.backward()
-        opt.step()
-        if n_val and (step % 10 == 0 or step == epochs):
-            current = val_loss()
-            if current < best:
-                best, best_step, best_state = current, step, copy.deepcopy(model.state_dict())
-    if n_val:
-        model.load_state_dict(best_state)
-    else:
-        best_step = int(epochs)
-    model.eval()
-    with torch.no_grad():
-        after = float(_cos_loss(model(x_cloaked), x_clean))
-        held_out = float(_cos_loss(model(x_cloaked[val]), x_clean[val])) if n_val else None
-        held_before = float(_cos_loss(x_cloaked[val], x_clean[val])) if n_val else None
-    log.info(
-        "Correction %s: 1 - cos(cloaked, clean) %.4f -> %.4f on %d pairs (held out: %s -> %s, kept step %d)",
-        tracker,
-        before,
-        after,
-        len(cloaked),
-        "-" if held_before is None else f"{held_before:.4f}",
-        "-" if held_out is None else f"{held_out:.4f}",
-        best_step,
-    )
-    fit = CorrectionFit(tracker, len(cloaked), best_step, before, after, n_validation=n_val)
-    fit.validation_before, fit.validation_after = held_before, held_out
-    return model, fit
-
-
-@torch.no_grad()
-def correct(correction: EmbeddingCorrection, embedded: Embedded) -> Embedded:
-    """``embedded`` with every found embedding passed through ``correction`` (rows without a face stay zero)."""
-    emb = np.zeros_like(embedded.emb)
-    if embedded.found.any():
-        x = torch.from_numpy(embedded.emb[embedded.found])
-        emb[embedded.found] = correction(x).numpy()
-    return Embedded(emb, embedded.found)
-
-
-def mean_pair_cosine(a: Embedded, b: Embedded) -> float | None:
-    """Mean cosine between rows of ``a`` and ``b`` where both have a face; None when none do."""
-    both = a.found & b.found
-    if not both.any():
-        return None
-    x, y = a.emb[both], b.emb[both]
-    cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
-    return float(cos.mean())
 
 
 def aligned_faces(
@@ -207,6 +69,26 @@ def aligned_faces(
         if lm is not None
     ]
     return (torch.cat(crops) if crops else torch.zeros(0, 3, h, w, device=device)), found
+
+
+def aligned_twins(
+    pipeline: ModelPipeline,
+    model: FaceEmbedder,
+    originals: Sequence[np.ndarray],
+    cloaked: Sequence[np.ndarray],
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The (clean, cloaked) twins' faces aligned as ``pipeline`` aligns them for ``model``, where it finds both.
+
+    Returns:
+        ``([M, 3, h, w] clean crops, [M, 3, h, w] cloaked crops, the M rows of the twins kept)``.
+    """
+    clean_lm = pipeline.landmarks(originals)
+    cloaked_lm = pipeline.landmarks(cloaked)
+    keep = [i for i, (c, k) in enumerate(zip(clean_lm, cloaked_lm)) if c is not None and k is not None]
+    clean_faces, _ = aligned_faces([originals[i] for i in keep], [clean_lm[i] for i in keep], model, device)
+    cloaked_faces, _ = aligned_faces([cloaked[i] for i in keep], [cloaked_lm[i] for i in keep], model, device)
+    return clean_faces, cloaked_faces, keep
 
 
 class _TrunkFeatures:
@@ -291,6 +173,28 @@ def finetune_dlib(
         TypeError: if ``model`` is not a :class:`DlibResNet`.
         ValueError: on mismatched inputs or fewer than two identities.
     """
+    classes, y = _identities(model, clean_faces, cloaked_faces, labels)
+    tuned = copy.deepcopy(model).eval().requires_grad_(False)
+    trained = [*tuned.blocks[len(tuned.blocks) - blocks :], tuned.fc]
+    for module in trained:
+        module.requires_grad_(True)
+    data = _twin_features(tuned, clean_faces, cloaked_faces, y, len(classes), blocks)
+    head = nn.Parameter(F.normalize(data.centres, dim=-1).clone())
+    opt = torch.optim.Adam([p for m in trained for p in m.parameters()] + [head], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    fit = FinetuneFit(tracker, blocks, int(epochs), float(lr), int(batch_size), len(classes), 2 * len(y))
+    for epoch in range(int(epochs)):
+        fit.losses.append(_finetune_epoch(tuned, head, opt, data, blocks, batch_size, anchor_weight, scale, gen))
+        log.info("Fine-tuning %s: epoch %d/%d, loss %.4f", tracker, epoch + 1, epochs, fit.losses[-1])
+    tuned.eval().requires_grad_(False)
+    _evaluate_finetune(tuned, head, data, blocks, scale, fit)
+    return tuned, fit
+
+
+def _identities(
+    model: DlibResNet, clean_faces: torch.Tensor, cloaked_faces: torch.Tensor, labels: Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The identities of the twins and each twin's class index, after checking the inputs of :func:`finetune_dlib`."""
     if not isinstance(model, DlibResNet):
         raise TypeError(f"fine-tuning needs dlib's ResNet (DlibResNet), got {type(model).__name__}")
     labels = np.asarray(labels).astype(str)
@@ -302,10 +206,37 @@ def finetune_dlib(
     classes, y = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"fine-tuning needs faces of at least two identities, got {len(classes)}")
-    tuned = copy.deepcopy(model).eval().requires_grad_(False)
-    trained = [*tuned.blocks[len(tuned.blocks) - blocks :], tuned.fc]
-    for module in trained:
-        module.requires_grad_(True)
+    return classes, y
+
+
+@dataclass
+class _TwinFeatures:
+    """What fine-tuning trains on, computed once with the frozen trunk.
+
+    Attributes:
+        trunk_clean, trunk_cloaked: the twins' activations entering the trained blocks.
+        anchor, anchor_cloaked: the original model's unit embeddings of the clean and cloaked twins.
+        targets: each twin's class index.
+        centres: each class's mean clean embedding (the head's starting weights, not normalised).
+    """
+
+    trunk_clean: torch.Tensor
+    trunk_cloaked: torch.Tensor
+    anchor: torch.Tensor
+    anchor_cloaked: torch.Tensor
+    targets: torch.Tensor
+    centres: torch.Tensor
+
+
+def _twin_features(
+    tuned: DlibResNet,
+    clean_faces: torch.Tensor,
+    cloaked_faces: torch.Tensor,
+    y: np.ndarray,
+    n_classes: int,
+    blocks: int,
+) -> _TwinFeatures:
+    """The frozen trunk's activations of the twins, their original embeddings and the classes' centres."""
     device = next(tuned.parameters()).device
     trunk_clean = dlib_trunk(tuned, clean_faces.to(device), blocks)
     trunk_cloaked = dlib_trunk(tuned, cloaked_faces.to(device), blocks)
@@ -313,52 +244,63 @@ def finetune_dlib(
         anchor = dlib_head(tuned, trunk_clean, blocks)
         anchor_cloaked = dlib_head(tuned, trunk_cloaked, blocks)
         targets = torch.as_tensor(y, device=device)
-        centres = torch.stack([anchor[targets == c].mean(0) for c in range(len(classes))])
-    head = nn.Parameter(F.normalize(centres, dim=-1).clone())
-    params = [p for m in trained for p in m.parameters()] + [head]
-    opt = torch.optim.Adam(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    fit = FinetuneFit(tracker, blocks, int(epochs), float(lr), int(batch_size), len(classes), 2 * len(labels))
+        centres = torch.stack([anchor[targets == c].mean(0) for c in range(n_classes)])
+    return _TwinFeatures(trunk_clean, trunk_cloaked, anchor, anchor_cloaked, targets, centres)
 
-    def logits(emb: torch.Tensor) -> torch.Tensor:
-        return scale * emb @ F.normalize(head, dim=-1).T
 
-    for epoch in range(int(epochs)):
-        order = torch.randperm(len(labels), generator=gen).to(device)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            emb_clean = dlib_head(tuned, trunk_clean[idx], blocks)
-            emb_cloaked = dlib_head(tuned, trunk_cloaked[idx], blocks)
-            loss = (
-                F.cross_entropy(logits(emb_clean), targets[idx])
-                + F.cross_entropy(logits(emb_cloaked), targets[idx])
-                + anchor_weight * (_cos_loss(emb_clean, anchor[idx]) + _cos_loss(emb_cloaked, anchor[idx]))
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        fit.losses.append(total / len(labels))
-        log.info("Fine-tuning %s: epoch %d/%d, loss %.4f", tracker, epoch + 1, epochs, fit.losses[-1])
-    tuned.eval().requires_grad_(False)
-    with torch.no_grad():
-        fit.train_accuracy_clean = float(
-            (logits(dlib_head(tuned, trunk_clean, blocks)).argmax(1) == targets).float().mean()
+def _logits(emb: torch.Tensor, head: torch.Tensor, scale: float) -> torch.Tensor:
+    """The cosine-softmax head's logits: ``scale * cos(embedding, class weight)``."""
+    return scale * emb @ F.normalize(head, dim=-1).T
+
+
+def _finetune_epoch(
+    tuned: DlibResNet,
+    head: nn.Parameter,
+    opt: torch.optim.Optimizer,
+    data: _TwinFeatures,
+    blocks: int,
+    batch_size: int,
+    anchor_weight: float,
+    scale: float,
+    gen: torch.Generator,
+) -> float:
+    """One epoch over the twins in batches drawn with ``gen``; returns the mean loss per twin pair."""
+    n = len(data.targets)
+    order = torch.randperm(n, generator=gen).to(data.targets.device)
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        emb_clean = dlib_head(tuned, data.trunk_clean[idx], blocks)
+        emb_cloaked = dlib_head(tuned, data.trunk_cloaked[idx], blocks)
+        anchor, targets = data.anchor[idx], data.targets[idx]
+        loss = (
+            F.cross_entropy(_logits(emb_clean, head, scale), targets)
+            + F.cross_entropy(_logits(emb_cloaked, head, scale), targets)
+            + anchor_weight * (cos_loss(emb_clean, anchor) + cos_loss(emb_cloaked, anchor))
         )
-        fit.train_accuracy_cloaked = float(
-            (logits(dlib_head(tuned, trunk_cloaked, blocks)).argmax(1) == targets).float().mean()
-        )
-        before = float(F.cosine_similarity(anchor, anchor_cloaked, dim=-1).mean())
-        after = float(
-            F.cosine_similarity(dlib_head(tuned, trunk_clean, blocks), dlib_head(tuned, trunk_cloaked, blocks)).mean()
-        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+    return total / n
+
+
+@torch.no_grad()
+def _evaluate_finetune(
+    tuned: DlibResNet, head: torch.Tensor, data: _TwinFeatures, blocks: int, scale: float, fit: FinetuneFit
+) -> None:
+    """Records the fine-tuned model's identity accuracy on the twins and how close it brings them, in ``fit``."""
+    emb_clean = dlib_head(tuned, data.trunk_clean, blocks)
+    emb_cloaked = dlib_head(tuned, data.trunk_cloaked, blocks)
+    fit.train_accuracy_clean = float((_logits(emb_clean, head, scale).argmax(1) == data.targets).float().mean())
+    fit.train_accuracy_cloaked = float((_logits(emb_cloaked, head, scale).argmax(1) == data.targets).float().mean())
+    before = float(F.cosine_similarity(data.anchor, data.anchor_cloaked, dim=-1).mean())
+    after = float(F.cosine_similarity(emb_clean, emb_cloaked).mean())
     log.info(
         "Fine-tuned %s: identity accuracy clean %.2f, cloaked %.2f; cos(cloaked, clean) %.3f -> %.3f",
-        tracker,
+        fit.tracker,
         fit.train_accuracy_clean,
         fit.train_accuracy_cloaked,
         before,
         after,
     )
-    return tuned, fit

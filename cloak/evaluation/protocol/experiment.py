@@ -20,10 +20,11 @@ Protocol (FaceCure, Radiya-Dixit et al., ICLR 2022; LowKey, Cherepanova et al., 
    random *noise* of the cloak's size (:mod:`cloak.evaluation.protocol.baselines`).
 6. **Quality** of every cloaked and noised photo against its original.
 
-:func:`run_experiment` runs the steps of an :class:`Experiment` in order:
-select the photos, compose the settings, load the trackers, embed the clean
-photos (once for all settings; cached on disk with ``cache_dir``), find the
-faces to cloak, then per setting cloak and score each transform.
+:func:`run_experiment` runs an :class:`Experiment`: select the photos, compose
+the settings, prepare (load the trackers, embed the clean photos once for all
+settings, cached on disk with ``cache_dir``, and find the faces to cloak), then
+per setting cloak and score each transform. The steps it shares with the adaptive
+experiment are the functions of :mod:`cloak.evaluation.protocol.steps`.
 """
 
 from __future__ import annotations
@@ -36,33 +37,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
-from cloak.cloaking.groups import cloak_photos
-from cloak.detection import Face, FaceDetector
+from cloak.detection import Face
 from cloak.device import resolve_device
 from cloak.evaluation.protocol.baselines import random_noise
-from cloak.evaluation.protocol.cache import EmbeddingCache, PhotoEmbedder
-from cloak.evaluation.protocol.dataset import enlarge, select_photos
+from cloak.evaluation.protocol.cache import PhotoEmbedder
 from cloak.evaluation.protocol.results import (
     CONDITIONS,
     METRIC_NAMES,
     ExperimentResults,
-    ProtectionRow,
     QualityRow,
     Setting,
 )
-from cloak.evaluation.protocol.scoring import Embedded, tracker_protection
+from cloak.evaluation.protocol.scoring import Embedded
+from cloak.evaluation.protocol.steps import (
+    Trackers,
+    cloak_in_batches,
+    describe_data,
+    load_trackers,
+    new_results,
+    protection_rows,
+    read_photos,
+    select_data,
+    setting_row,
+)
 from cloak.evaluation.protocol.sweep import SweepSetting, sweep_settings
-from cloak.evaluation.trackers.registry import build_pipelines, relation
+from cloak.evaluation.trackers.registry import relation
 from cloak.imaging.platform import apply_transform, parse_platform_transform
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
-from cloak.photos import load_photo, to_tensor
+from cloak.photos import to_tensor
 from cloak.quality import FaceQuality, dssim, face_quality, psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -143,95 +150,77 @@ class CloakedSetting:
     cloak_models: list[str]
 
 
+@dataclass
+class Prepared:
+    """What every setting is cloaked and scored against (:meth:`Experiment.prepare`).
+
+    Attributes:
+        trackers: the detector and the trackers.
+        clean: view (``none`` and each tracker-side transform) -> tracker -> every photo embedded clean.
+        originals: the shared photos (enlarged by ``data.upscale``).
+        faces: the faces the cloak's detector finds in each shared photo.
+    """
+
+    trackers: Trackers
+    clean: dict[str, dict[str, Embedded]]
+    originals: list[np.ndarray]
+    faces: list[list[Face]]
+
+
 class Experiment:
     """One run of the protocol on ``cfg`` (a composed ``evaluate`` config); see the module docstring.
 
     Creating it selects the photos and checks the transforms (fast, before any
-    model loads); then call, in order, :meth:`load_trackers`,
-    :meth:`embed_clean_photos`, :meth:`find_faces_to_cloak`, and per setting
-    :meth:`cloak` and :meth:`score` for each of :attr:`transforms`.
-    Measurements accumulate in :attr:`results`.
+    model loads); :meth:`prepare` then loads the trackers, embeds the clean photos
+    and finds the faces to cloak, and per setting :meth:`cloak` and :meth:`score`
+    (for each of :attr:`transforms`) take what it returns. Measurements
+    accumulate in :attr:`results`.
 
     Raises:
         FileNotFoundError, NotADirectoryError, DatasetError: on a missing or too small data folder.
-        ValueError: on an unknown platform transform.
+        ValueError: on an unknown platform transform or a non-positive ``data.upscale``.
     """
 
     def __init__(self, cfg: DictConfig, data_root: Path) -> None:
         self.cfg = cfg
-        data = cfg.data
-        self.photos = select_photos(
-            data_root,
-            n_users=int(data.n_users),
-            min_photos=int(data.min_photos),
-            shared_fraction=float(data.shared_fraction),
-            seed=int(cfg.seed),
-            max_photos_per_user=data.get("max_photos_per_user"),
-            max_distractors=data.get("max_distractors"),
-        )
-        p = self.photos
-        self.upscale = float(data.get("upscale") or 1.0)
-        if self.upscale <= 0:
-            raise ValueError(f"data.upscale must be positive, got {self.upscale}")
-        log.info(
-            "Data %s: %d users (%s), %d shared and %d clean photos; %d distractor identities, %d photos",
-            data_root,
-            len(p.split.users),
-            ", ".join(p.split.users),
-            len(p.shared_paths),
-            len(p.probe_paths),
-            len(set(p.distractor_labels)),
-            len(p.distractor_paths),
-        )
+        self.photos, self.upscale = select_data(cfg, data_root)
+        log.info("%s", describe_data(data_root, self.photos))
         self.transforms = {str(t): parse_platform_transform(str(t)) for t in cfg.platform.transforms}
         self.tracker_side = {str(t) for t in cfg.platform.get("tracker_side") or []} & set(self.transforms)
         self.metrics = [str(m) for m in cfg.metrics]
         self.device = resolve_device(cfg.device)
-        self.results = ExperimentResults(
-            experiment=str(cfg.get("experiment_name", "protection")),
-            data={**p.summary(data_root, data.shared_fraction, data.min_photos, cfg.seed), "upscale": self.upscale},
-            cloak_models=[],
-            trackers=[],
-            skipped_trackers={},
-            transforms=list(self.transforms),
-            tracker_side_transforms=sorted(self.tracker_side),
-            metrics=self.metrics,
-            noise=str(cfg.baselines.noise),
-            config=OmegaConf.to_container(cfg, resolve=True),
+        self.results = new_results(
+            cfg, data_root, self.photos, self.upscale, "protection", list(self.transforms), sorted(self.tracker_side)
         )
         self._models: dict[str, FaceEmbedder | Ensemble] = {}
         self._noise: dict[tuple[float, str], list[np.ndarray]] = {}
         self._shared: dict[tuple, dict[str, Embedded]] = {}
 
-    def load_trackers(self, cache_dir: Path | None = None) -> None:
-        """Builds the detector and the trackers (skipping those without weights or libraries).
+    def prepare(self, cache_dir: Path | None = None) -> Prepared:
+        """Loads the trackers, embeds the clean photos and finds the faces to cloak.
 
         Args:
             cache_dir: a folder to keep the clean photos' embeddings in between
                 runs (:class:`~cloak.evaluation.protocol.cache.EmbeddingCache`); None: memory only.
         """
-        cfg = self.cfg
-        self.detector: FaceDetector = instantiate(cfg.detector)
-        options = OmegaConf.to_container(cfg.get("tracker_options") or {}, resolve=True)
-        pipelines, skipped = build_pipelines(list(cfg.trackers), self.detector, self.device, options)
-        cache = None
-        if cache_dir is not None:
-            detector_cfg = OmegaConf.to_container(cfg.detector, resolve=True)
-            fingerprint = (detector_cfg, options, self.device.type)
-            cache = EmbeddingCache(cache_dir, repr(fingerprint if self.upscale == 1 else (*fingerprint, self.upscale)))
-        self.embedder = PhotoEmbedder(pipelines, cache, upscale=self.upscale)
-        self.results.trackers, self.results.skipped_trackers = self.embedder.trackers, skipped
-        log.info("Trackers: %s", ", ".join(self.embedder.trackers))
+        trackers = load_trackers(self.cfg, self.device, self.upscale, cache_dir)
+        self.results.trackers, self.results.skipped_trackers = trackers.names, trackers.skipped
+        log.info("Trackers: %s", ", ".join(trackers.names))
+        clean = self._embed_clean_photos(trackers.embedder)
+        originals = read_photos(self.photos.shared_paths, self.upscale)
+        faces: list[list[Face]] = trackers.detector.detect_many(originals)
+        log.info("Cloak detector: faces in %d of %d shared photos", sum(bool(f) for f in faces), len(originals))
+        return Prepared(trackers, clean, originals, faces)
 
-    def embed_clean_photos(self) -> None:
-        """Embeds every photo as it is, and once more per tracker-side transform (a *view*), with every tracker."""
+    def _embed_clean_photos(self, embedder: PhotoEmbedder) -> dict[str, dict[str, Embedded]]:
+        """Every photo as it is, and once more per tracker-side transform (a *view*), embedded by every tracker."""
         paths = self.photos.all_paths
-        self.clean: dict[str, dict[str, Embedded]] = {}
+        clean: dict[str, dict[str, Embedded]] = {}
         for view in ["none", *sorted(self.tracker_side - {"none"})]:
             t0 = time.perf_counter()
             transform = None if view == "none" else self.transforms[view]
-            self.clean[view] = self.embedder.paths(paths, transform, view, desc=f"clean [{view}]")
-            misses = {t: int((~e.found).sum()) for t, e in self.clean[view].items()}
+            clean[view] = embedder.paths(paths, transform, view, desc=f"clean [{view}]")
+            misses = {t: int((~e.found).sum()) for t, e in clean[view].items()}
             log.info(
                 "Embedded %d clean photos [%s] in %.0f s; no face found: %s",
                 len(paths),
@@ -239,13 +228,7 @@ class Experiment:
                 time.perf_counter() - t0,
                 misses,
             )
-
-    def find_faces_to_cloak(self) -> None:
-        """Reads the shared photos and finds the faces in them with the cloak's detector."""
-        self.originals = [enlarge(load_photo(p).rgb, self.upscale) for p in self.photos.shared_paths]
-        self.cloak_faces: list[list[Face]] = self.detector.detect_many(self.originals)
-        found = sum(bool(f) for f in self.cloak_faces)
-        log.info("Cloak detector: faces in %d of %d shared photos", found, len(self.originals))
+        return clean
 
     def _model(self, cfg: DictConfig) -> tuple[FaceEmbedder | Ensemble, str]:
         """The cloak's model of a setting (built once per distinct model config) and its config key."""
@@ -254,19 +237,13 @@ class Experiment:
             self._models[key] = build_from_config(cfg, need_detector=False, need_attack=False).model
         return self._models[key], key
 
-    def cloak(self, sweep_setting: SweepSetting) -> CloakedSetting:
+    def cloak(self, prepared: Prepared, sweep_setting: SweepSetting) -> CloakedSetting:
         """Cloaks the shared photos with one setting, makes (or reuses) its noise baseline, scores their quality."""
         cfg, label = sweep_setting.cfg, sweep_setting.label
+        originals, faces = prepared.originals, prepared.faces
         model, model_key = self._model(cfg)
         attack: Attack = build_from_config(cfg, need_model=False, need_detector=False).attack
-        setting = Setting(
-            label=label,
-            attack=attack.name,
-            eps=round(attack.eps * 255.0, 6),
-            steps=attack.steps,
-            max_dssim=attack.max_dssim,
-            robust=attack.transform is not None,
-        )
+        setting = setting_row(label, attack)
         log.info(
             "Setting %s: %s eps %g steps %d max_dssim %s %s",
             label,
@@ -277,23 +254,24 @@ class Experiment:
             "robust" if setting.robust else "no transform",
         )
         t0 = time.perf_counter()
-        cloaked, steps = self._cloak_in_batches(attack, model, desc=f"cloaking [{label}]")
+        batch = int(self.cfg.cloak_batch_size)
+        cloaked, steps = cloak_in_batches(originals, faces, attack, model, self.device, batch, f"cloaking [{label}]")
         setting.seconds = time.perf_counter() - t0
-        setting.n_cloaked = sum(bool(f) for f in self.cloak_faces)
-        setting.mean_steps = float(np.mean([n for n, f in zip(steps, self.cloak_faces) if f] or [0]))
+        setting.n_cloaked = sum(bool(f) for f in faces)
+        setting.mean_steps = float(np.mean([n for n, f in zip(steps, faces) if f] or [0]))
         log.info("Cloaked %d photos in %.0f s, %.1f steps each", setting.n_cloaked, setting.seconds, setting.mean_steps)
         members = {name: m for name, m, _ in as_ensemble(model).items()}
         noise_key = (setting.eps, model_key)
         if noise_key not in self._noise:
             kind, seed = str(self.cfg.baselines.noise), int(self.cfg.seed)
             self._noise[noise_key] = [
-                random_noise(p, f, members, setting.eps, seed, kind) for p, f in zip(self.originals, self.cloak_faces)
+                random_noise(p, f, members, setting.eps, seed, kind) for p, f in zip(originals, faces)
             ]
         result = CloakedSetting(setting, cloaked, self._noise[noise_key], noise_key, list(members))
         self.results.settings.append(setting)
         self.results.cloak_models += [n for n in members if n not in self.results.cloak_models]
         for condition, images in (("cloak", result.cloaked), ("noise", result.noised)):
-            q = quality_row(label, condition, self.originals, images, self.cloak_faces)
+            q = quality_row(label, condition, originals, images, faces)
             self.results.quality.append(q)
             log.info(
                 "  %s quality: faces SSIM %s (p5 local SSIM %s); photos SSIM %.4f (min %.4f), DSSIM %.4f, PSNR %.2f dB",
@@ -307,75 +285,50 @@ class Experiment:
             )
         return result
 
-    def _cloak_in_batches(
-        self, attack: Attack, model: FaceEmbedder | Ensemble, desc: str
-    ) -> tuple[list[np.ndarray], list[int]]:
-        """The shared photos cloaked ``cloak_batch_size`` at a time (photos without faces unchanged), and each one's steps."""
-        batch = int(self.cfg.cloak_batch_size)
-        photos, faces = self.originals, self.cloak_faces
-        out: list[np.ndarray] = []
-        steps: list[int] = []
-        n_batches = -(-len(photos) // batch)
-        with tqdm(total=n_batches * attack.steps, desc=desc, unit="step", leave=False, disable=None) as bar:
-            for start in range(0, len(photos), batch):
-                chunk = slice(start, start + batch)
-                taken: list[int] = []
-                out += cloak_photos(
-                    photos[chunk], faces[chunk], attack, model, self.device, progress=bar.update, steps_taken=taken
-                )
-                steps += taken
-        return out, steps
-
-    def _shared_embeddings(self, condition: str, photos: CloakedSetting, transform: str) -> dict[str, Embedded]:
+    def _shared_embeddings(
+        self, prepared: Prepared, condition: str, photos: CloakedSetting, transform: str
+    ) -> dict[str, Embedded]:
         """Tracker -> the shared photos under ``condition`` after ``transform``; baselines are reused across settings."""
         if condition == "cloak":
-            return self._embed(photos.cloaked, transform, desc=f"cloak:{photos.setting.label} [{transform}]")
+            return self._embed(prepared, photos.cloaked, transform, f"cloak:{photos.setting.label} [{transform}]")
         key = (condition, transform, photos.noise_key if condition == "noise" else None)
         if key not in self._shared:
             if condition == "none" and (transform == "none" or transform in self.tracker_side):
                 rows = self.photos.rows("shared")
-                self._shared[key] = {t: e.take(rows) for t, e in self.clean[transform].items()}
+                self._shared[key] = {t: e.take(rows) for t, e in prepared.clean[transform].items()}
             else:
-                images = self.originals if condition == "none" else photos.noised
-                self._shared[key] = self._embed(images, transform, desc=f"{condition} [{transform}]")
+                images = prepared.originals if condition == "none" else photos.noised
+                self._shared[key] = self._embed(prepared, images, transform, f"{condition} [{transform}]")
         return self._shared[key]
 
-    def _embed(self, images: list[np.ndarray], transform: str, desc: str) -> dict[str, Embedded]:
+    def _embed(self, prepared: Prepared, images: list[np.ndarray], transform: str, desc: str) -> dict[str, Embedded]:
         seen = images if transform == "none" else apply_transform(images, self.transforms[transform])
-        return self.embedder(seen, desc=desc)
+        return prepared.trackers.embedder(seen, desc=desc)
 
-    def score(self, photos: CloakedSetting, transform: str) -> None:
+    def score(self, prepared: Prepared, photos: CloakedSetting, transform: str) -> None:
         """Scores every tracker on the cloak and both baselines of one setting after one transform."""
-        p, label = self.photos, photos.setting.label
+        label, trackers = photos.setting.label, prepared.trackers.names
         side = transform in self.tracker_side
         view = transform if side else "none"
-        probe_rows, distractor_rows = p.rows("probes"), p.rows("distractors")
         for condition in CONDITIONS:
-            shared = self._shared_embeddings(condition, photos, transform)
-            for tracker in self.embedder.trackers:
-                clean = self.clean[view][tracker]
-                scores = tracker_protection(
+            shared = self._shared_embeddings(prepared, condition, photos, transform)
+            for tracker in trackers:
+                self.results.protection += protection_rows(
+                    self.photos,
                     shared[tracker],
-                    p.shared_labels,
-                    clean.take(distractor_rows),
-                    p.distractor_labels,
-                    clean.take(probe_rows),
-                    p.probe_labels,
+                    prepared.clean[view][tracker],
                     self.metrics,
+                    setting=label,
+                    tracker=tracker,
+                    relation=relation(tracker, photos.cloak_models),
+                    transform=transform,
+                    tracker_side=side,
+                    condition=condition,
                 )
-                rel = relation(tracker, photos.cloak_models)
-                n_shared_no_face = int((~shared[tracker].found).sum())
-                self.results.protection += [
-                    ProtectionRow(
-                        *(label, tracker, rel, transform, side, condition, metric),
-                        *(s.protection, s.per_user, s.n_probes, s.n_probes_no_face, n_shared_no_face),
-                    )
-                    for metric, s in scores.items()
-                ]
         metric = self.metrics[0]
         line = "  ".join(
             f"{t}: " + "/".join(f"{self.results.value(label, t, transform, c, metric):.2f}" for c in CONDITIONS)
-            for t in self.embedder.trackers
+            for t in trackers
         )
         log.info("  [%s] %s protection (cloak/none/noise) %s", transform, METRIC_NAMES.get(metric, metric), line)
 
@@ -407,14 +360,12 @@ def run_experiment(
     started = time.perf_counter()
     experiment = Experiment(cfg, data_root)
     settings = sweep_settings(cfg, overrides)
-    experiment.load_trackers(cache_dir)
-    experiment.embed_clean_photos()
-    experiment.find_faces_to_cloak()
+    prepared = experiment.prepare(cache_dir)
     results = experiment.results
     for setting in settings:
-        photos = experiment.cloak(setting)
+        photos = experiment.cloak(prepared, setting)
         for transform in experiment.transforms:
-            experiment.score(photos, transform)
+            experiment.score(prepared, photos, transform)
             if on_progress is not None:
                 results.seconds = time.perf_counter() - started
                 on_progress(results)
