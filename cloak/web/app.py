@@ -24,7 +24,7 @@ import secrets
 import shutil
 import time
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,22 +89,26 @@ def create_app(
     default_strength: str | None = None,
     allowed_hosts: list[str] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    overrides: Sequence[str] = (),
 ) -> FastAPI:
     """The page's app; its worker starts and stops with the app (uvicorn's or TestClient's lifespan).
 
     Args:
         cfg: the composed ``serve`` config.
         parts: the model, detector and device, built once; ``None`` builds them from ``cfg``.
-        presets: one attack per strength; ``None`` builds them from ``cfg``.
-        default_strength: the preset the page starts with (``None``: the one ``cfg.strength`` is).
+        presets: one attack per strength; ``None`` composes them from ``overrides``, each
+            cloaking with the page's model.
+        default_strength: the preset the page starts with (with ``presets=None``: the one
+            ``overrides`` chose).
         allowed_hosts: ``Host`` header values accepted (guards a loopback server against
             DNS rebinding); ``None`` accepts any.
         clock: the worker's time source, for idle timeouts.
+        overrides: the Hydra overrides ``cfg`` was composed with.
     """
     if parts is None:
         parts = build_from_config(cfg, need_attack=False)
     if presets is None:
-        presets, default_strength = build_presets(cfg, default_strength)
+        presets, default_strength = build_presets(overrides)
     elif default_strength not in presets:
         default_strength = "mid" if "mid" in presets else next(iter(presets))
     settings = WorkerSettings(
