@@ -28,8 +28,6 @@ KNOWN_OVER = {
     "cloak/attacks/base.py:__init__": "Attack's 27 arguments: being reduced on main",
     "cloak/attacks/base.py:_run": "the attack loop: being changed on main",
     "cloak/quality.py": "a shading metric is being added on main; split it there",
-    "cloak/run.py:_run": "the run's report fields are being changed on main",
-    "cloak/run.py:_summarise": "the run's report fields are being changed on main",
     "cloak/evaluation/adaptive/finetune.py:finetune_dlib": "one training loop; not yet split",
     "cloak/evaluation/adaptive/finetune.py:train_correction": "one training loop; not yet split",
     "cloak/models/sface.py:read_sface_onnx": "reads the ONNX graph layer by layer; not yet split",
