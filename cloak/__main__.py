@@ -41,13 +41,9 @@ def _hydra_serve(cfg: DictConfig) -> None:
 
     from cloak.web.server import serve
 
-    hydra_cfg = HydraConfig.get()
-    # Without a model= (or model.*=) override, each preset gets the model it selects (high:
-    # ensemble_all); with one, that model serves every preset.
-    keys = [o.lstrip("+~").split("=")[0].split("@")[0] for o in hydra_cfg.overrides.task]
-    explicit = any(k == "model" or k.startswith("model.") for k in keys)
-    choices = hydra_cfg.runtime.choices
-    serve(cfg, default_strength=choices.get("strength"), model_choice=None if explicit else choices.get("model"))
+    # Each preset is composed from the command line's overrides with its own strength=, so it
+    # cloaks with the model Hydra picks for it (high: ensemble_all, unless model= was given).
+    serve(cfg, overrides=list(HydraConfig.get().overrides.task))
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from cloak.builders import build_from_config
+from cloak.builders import Parts, build_from_config
 from cloak.cloaking.groups import cloak_photos
 from cloak.imaging.preview import side_by_side
-from cloak.measurement import PhotoReport, measure
+from cloak.measurement import FaceReport, PhotoReport, measure
 from cloak.photos import (
     CloakIOError,
     LoadedPhoto,
@@ -120,6 +120,28 @@ def run(cfg: DictConfig, timer: StageTimer | None = None) -> int:
     return _run(cfg, source, output, preview=bool(cfg.preview), timer=timer)
 
 
+@dataclass
+class _Job:
+    """What every step of a run reads: its config and built parts, where photos come from and go."""
+
+    cfg: DictConfig
+    parts: Parts
+    source: Path
+    output: Path
+    root: Path
+    preview: bool
+    timer: StageTimer
+    outcome: Outcome = field(default_factory=Outcome)
+
+    @property
+    def save_kw(self) -> dict:
+        """The options of every written copy."""
+        cfg = self.cfg
+        return dict(
+            jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata)
+        )
+
+
 def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
     root = source if source.is_dir() else source.parent
     listing = find_photos(source)
@@ -141,46 +163,11 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
         cfg.strength.eps,
         parts.device,
     )
-    outcome, pending = Outcome(), []
-    save_kw = dict(
-        jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata)
-    )
+    job = _Job(cfg, parts, source, output, root, preview, timer)
+    outcome = job.outcome
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
     try:
-        for path in bar:
-            rel = path.relative_to(root)
-            dest = destination_for(path, source, output)
-            if dest.exists() and not cfg.overwrite:
-                outcome.skipped_done.append(str(rel))
-                continue
-            try:
-                with timer.stage("decode"):
-                    loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
-                with timer.stage("detect"):
-                    faces = parts.detector.detect(loaded.rgb)
-            except (CloakIOError, OSError, ValueError) as err:
-                outcome.failed[str(rel)] = str(err)
-                log.error("Failed: %s", err)
-                continue
-            if not faces:
-                outcome.no_face.append(str(rel))
-                if cfg.no_face == "copy":
-                    with timer.stage("copy"):
-                        _guard(
-                            outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **save_kw)
-                        )
-                continue
-            pending.append(Pending(path, dest, loaded, faces))
-            if len(pending) >= int(cfg.batch_size):
-                _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar, timer)
-                pending = []
-                # What is done stays done: the report follows every batch, so a killed run
-                # leaves an accurate one, and the re-run skips the photos already written.
-                with timer.stage("report"):
-                    _write_report(output, outcome, cfg)
-                release_free_memory()  # what the batch freed goes back: memory stays flat over a library
-        if pending:
-            _cloak_batch(pending, parts, cfg, output, root, preview, save_kw, outcome, bar, timer)
+        _cloak_all(job, bar)
     except KeyboardInterrupt:
         bar.close()
         _write_report(output, outcome, cfg)
@@ -198,6 +185,52 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
     return 1 if outcome.failed else 0
 
 
+def _cloak_all(job: _Job, bar: tqdm) -> None:
+    """Reads each photo and finds its faces; cloaks those with faces batch by batch."""
+    pending: list[Pending] = []
+    for path in bar:
+        photo = _prepare(job, path)
+        if photo is None:
+            continue
+        pending.append(photo)
+        if len(pending) >= int(job.cfg.batch_size):
+            _cloak_batch(pending, job, bar)
+            pending = []
+            # What is done stays done: the report follows every batch, so a killed run
+            # leaves an accurate one, and the re-run skips the photos already written.
+            with job.timer.stage("report"):
+                _write_report(job.output, job.outcome, job.cfg)
+            release_free_memory()  # what the batch freed goes back: memory stays flat over a library
+    if pending:
+        _cloak_batch(pending, job, bar)
+
+
+def _prepare(job: _Job, path: Path) -> Pending | None:
+    """The photo with its faces, to cloak; ``None`` when already done, unreadable, or without a face (copied)."""
+    cfg, outcome, timer = job.cfg, job.outcome, job.timer
+    rel = path.relative_to(job.root)
+    dest = destination_for(path, job.source, job.output)
+    if dest.exists() and not cfg.overwrite:
+        outcome.skipped_done.append(str(rel))
+        return None
+    try:
+        with timer.stage("decode"):
+            loaded = load_photo(path, max_pixels=int(cfg.max_pixels))
+        with timer.stage("detect"):
+            faces = job.parts.detector.detect(loaded.rgb)
+    except (CloakIOError, OSError, ValueError) as err:
+        outcome.failed[str(rel)] = str(err)
+        log.error("Failed: %s", err)
+        return None
+    if not faces:
+        outcome.no_face.append(str(rel))
+        if cfg.no_face == "copy":
+            with timer.stage("copy"):
+                _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **job.save_kw))
+        return None
+    return Pending(path, dest, loaded, faces)
+
+
 def _guard(outcome: Outcome, rel: Path, action) -> bool:
     """Runs a write; records and logs a failure instead of stopping the run."""
     try:
@@ -209,18 +242,9 @@ def _guard(outcome: Outcome, rel: Path, action) -> bool:
         return False
 
 
-def _cloak_batch(
-    pending: list[Pending],
-    parts,
-    cfg,
-    output: Path,
-    root: Path,
-    preview: bool,
-    save_kw,
-    outcome: Outcome,
-    bar,
-    timer: StageTimer,
-) -> None:
+def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
+    """Cloaks a batch of photos, writes each copy (and its preview) and measures it."""
+    parts, cfg, outcome, timer, save_kw = job.parts, job.cfg, job.outcome, job.timer, job.save_kw
     n_faces = sum(len(p.faces) for p in pending)
     bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
     steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
@@ -242,7 +266,7 @@ def _cloak_batch(
     timer.count("steps", max(taken, default=0))
     timer.count("face_steps", sum(len(p.faces) * n for p, n in zip(pending, taken)))
     for p, image in zip(pending, cloaked):
-        rel = p.path.relative_to(root)
+        rel = p.path.relative_to(job.root)
         with timer.stage("encode"):
             written = _guard(
                 outcome, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
@@ -252,8 +276,8 @@ def _cloak_batch(
         with timer.stage("measure"):
             outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device, parts.attack)
         timer.count("photos")
-        if preview:
-            png = output / PREVIEW_DIR / rel.with_suffix(".png")
+        if job.preview:
+            png = job.output / PREVIEW_DIR / rel.with_suffix(".png")
             report = outcome.cloaked[str(rel)]
             label = f"face SSIM {report.face_ssim:.3f}, p5 {report.face_ssim_p5:.3f}" if report.face_ssim else None
             with timer.stage("preview"):
@@ -287,66 +311,10 @@ def _summarise(outcome: Outcome, output: Path) -> None:
     """Logs a per-photo table and a one-line verdict."""
     if outcome.cloaked:
         models = sorted({m for rep in outcome.cloaked.values() for f in rep.faces for m in f.distance})
-        # The faces first: that is where the cloak is and what people look at; the whole photo
-        # (mostly untouched background) dilutes it.
-        header = ["photo", "faces", "shading", "face SSIM / p5", "photo SSIM", "PSNR"] + [
-            f"{m} dist / JPEG75 (thr)" for m in models
-        ]
-        rows = []
-        for rel, rep in outcome.cloaked.items():
-            face = f"{rep.face_ssim:.3f} / {rep.face_ssim_p5:.3f}" if rep.face_ssim is not None else "-"
-            shade = f"{rep.face_shading:.2f}" if rep.face_shading is not None else "-"
-            row = [rel, str(len(rep.faces)), shade, face, f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
-            for m in models:
-                d = min(f.distance[m] for f in rep.faces)
-                j = min(f.distance_jpeg75[m] for f in rep.faces)
-                thr = rep.faces[0].threshold[m]
-                row.append(f"{d:.2f} / {j:.2f}" + (f" ({thr:.2f})" if thr is not None else ""))
-            rows.append(row)
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for r in [header, ["-" * w for w in widths], *rows]:
-            log.info("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        log.info(
-            "dist: how far each model sees the photo's least-moved face from the original, as written and after "
-            "JPEG q75; beyond (thr), the model's same-person threshold, it takes them for two people"
-        )
+        _log_table(outcome.cloaked, models)
         faces = [f for rep in outcome.cloaked.values() for f in rep.faces]
-        measured = [f for f in faces if f.ssim is not None]
-        if measured:
-            log.info(
-                "Face regions (box + 10%%): mean SSIM %.3f, mean 5th-percentile local SSIM %.3f (lowest %.3f); "
-                "whole photos: mean SSIM %.3f",
-                np.mean([f.ssim for f in measured]),
-                np.mean([f.ssim_p5 for f in measured]),
-                min(f.ssim_p5 for f in measured),
-                np.mean([rep.ssim for rep in outcome.cloaked.values()]),
-            )
-        tinted = [f.color_shift for f in faces if f.color_shift is not None]
-        if tinted:
-            # SSIM is blind to tints (green irises, magenta cheeks); this is the number that sees them.
-            log.info(
-                "Face colour shift (CIELAB a*b*, blurred; about 1 starts to show): mean %.2f, largest %.2f",
-                np.mean(tinted),
-                max(tinted),
-            )
-        for m in models:
-            thr = faces[0].threshold[m]
-            if thr is not None:
-                beyond = np.mean([f.distance_jpeg75[m] > thr for f in faces])
-                log.info(
-                    "%s: %.0f%% of %d cloaked face(s) stay beyond its same-person threshold (%.2f) after JPEG q75",
-                    m,
-                    100 * beyond,
-                    len(faces),
-                    thr,
-                )
-        if faces:
-            # Beyond the threshold is what one photo can show; whether a tracker that learns
-            # from many photos still recognises the person is what experiments/ measures.
-            log.info(
-                "Past the threshold is necessary, not sufficient: a tracker trained on several of your "
-                "photos, or running another model, may still recognise you. How often it does: README, 'Limits'."
-            )
+        _log_quality(outcome.cloaked, faces)
+        _log_models(faces, models)
     if outcome.no_face:
         log.info("%d photo(s) had no face: %s", len(outcome.no_face), ", ".join(outcome.no_face))
     if outcome.skipped_done:
@@ -358,3 +326,74 @@ def _summarise(outcome: Outcome, output: Path) -> None:
     for rel, err in outcome.failed.items():
         log.error("FAILED %s: %s", rel, err)
     log.info("Cloaked %d photo(s) -> %s (report: %s)", len(outcome.cloaked), output, output / REPORT_NAME)
+
+
+def _log_table(cloaked: dict[str, PhotoReport], models: list[str]) -> None:
+    """One row per cloaked photo: its faces' visibility figures and each model's distances."""
+    # The faces first: that is where the cloak is and what people look at; the whole photo
+    # (mostly untouched background) dilutes it.
+    header = ["photo", "faces", "shading", "face SSIM / p5", "photo SSIM", "PSNR"] + [
+        f"{m} dist / JPEG75 (thr)" for m in models
+    ]
+    rows = []
+    for rel, rep in cloaked.items():
+        face = f"{rep.face_ssim:.3f} / {rep.face_ssim_p5:.3f}" if rep.face_ssim is not None else "-"
+        shade = f"{rep.face_shading:.2f}" if rep.face_shading is not None else "-"
+        row = [rel, str(len(rep.faces)), shade, face, f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
+        for m in models:
+            d = min(f.distance[m] for f in rep.faces)
+            j = min(f.distance_jpeg75[m] for f in rep.faces)
+            thr = rep.faces[0].threshold[m]
+            row.append(f"{d:.2f} / {j:.2f}" + (f" ({thr:.2f})" if thr is not None else ""))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        log.info("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    log.info(
+        "dist: how far each model sees the photo's least-moved face from the original, as written and after "
+        "JPEG q75; beyond (thr), the model's same-person threshold, it takes them for two people"
+    )
+
+
+def _log_quality(cloaked: dict[str, PhotoReport], faces: list[FaceReport]) -> None:
+    """The faces' SSIM and colour shift over the run, and the whole photos' SSIM."""
+    measured = [f for f in faces if f.ssim is not None]
+    if measured:
+        log.info(
+            "Face regions (box + 10%%): mean SSIM %.3f, mean 5th-percentile local SSIM %.3f (lowest %.3f); "
+            "whole photos: mean SSIM %.3f",
+            np.mean([f.ssim for f in measured]),
+            np.mean([f.ssim_p5 for f in measured]),
+            min(f.ssim_p5 for f in measured),
+            np.mean([rep.ssim for rep in cloaked.values()]),
+        )
+    tinted = [f.color_shift for f in faces if f.color_shift is not None]
+    if tinted:
+        # SSIM is blind to tints (green irises, magenta cheeks); this is the number that sees them.
+        log.info(
+            "Face colour shift (CIELAB a*b*, blurred; about 1 starts to show): mean %.2f, largest %.2f",
+            np.mean(tinted),
+            max(tinted),
+        )
+
+
+def _log_models(faces: list[FaceReport], models: list[str]) -> None:
+    """Per model, the share of faces beyond its same-person threshold after JPEG, and what that does not show."""
+    for m in models:
+        thr = faces[0].threshold[m]
+        if thr is not None:
+            beyond = np.mean([f.distance_jpeg75[m] > thr for f in faces])
+            log.info(
+                "%s: %.0f%% of %d cloaked face(s) stay beyond its same-person threshold (%.2f) after JPEG q75",
+                m,
+                100 * beyond,
+                len(faces),
+                thr,
+            )
+    if faces:
+        # Beyond the threshold is what one photo can show; whether a tracker that learns
+        # from many photos still recognises the person is what experiments/ measures.
+        log.info(
+            "Past the threshold is necessary, not sufficient: a tracker trained on several of your "
+            "photos, or running another model, may still recognise you. How often it does: README, 'Limits'."
+        )

@@ -1,4 +1,4 @@
-"""Shared fixtures: the optional lfw-dev face data and the public-domain demo face."""
+"""Shared fixtures: the optional lfw-dev face data, the public-domain demo face, a FaceNet weights file."""
 
 from __future__ import annotations
 
@@ -86,6 +86,18 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def facenet_file(tmp_path_factory) -> Path:
+    """A random-weight state dict in facenet-pytorch's file format (real weights are not needed here)."""
+    import torch
+
+    from cloak.models.facenet import FacenetEmbedder
+
+    path = tmp_path_factory.mktemp("weights") / "random-facenet.pt"
+    torch.save(FacenetEmbedder().net.state_dict(), path)
+    return path
 
 
 class TinyEmbedder:

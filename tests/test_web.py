@@ -21,7 +21,7 @@ from cloak.measurement import FaceReport
 from cloak.web.app import CONTENT_SECURITY_POLICY, STATIC_DIR, create_app
 from cloak.web.names import cloaked_name, safe_name, unique_names
 from cloak.web.server import allowed_hosts, exposure_warning, is_loopback, page_url
-from cloak.web.strengths import build_presets, preset_model_choice, preset_models
+from cloak.web.strengths import build_presets
 from cloak.web.verdicts import face_sentence, face_verdicts
 
 FAST = ["strength.steps=2", "device=cpu"]
@@ -41,7 +41,7 @@ def make_client(parts):
 
     def make(*overrides: str, clock=time.monotonic) -> TestClient:
         cfg = load_config([*FAST, *overrides], config_name="serve")
-        app = create_app(cfg, parts, clock=clock)
+        app = create_app(cfg, parts, clock=clock, overrides=[*FAST, *overrides])
         client = TestClient(app)
         client.__enter__()
         opened.append(client)
@@ -255,7 +255,8 @@ def test_every_response_carries_the_content_security_policy(make_client):
 def test_uploads_from_other_sites_and_unknown_hosts_are_refused(parts):
     cfg = load_config(FAST, config_name="serve")
     with TestClient(
-        create_app(cfg, parts, allowed_hosts=allowed_hosts("127.0.0.1")), base_url="http://127.0.0.1:8765"
+        create_app(cfg, parts, allowed_hosts=allowed_hosts("127.0.0.1"), overrides=FAST),
+        base_url="http://127.0.0.1:8765",
     ) as client:
         wall = _png(_wall())
         foreign = client.post(
@@ -317,7 +318,7 @@ def test_results_are_deleted_when_idle_and_when_the_server_stops(make_client, pa
     assert not folder.exists() and client.get(f"/api/photos/{photo['id']}").status_code == 404
 
     cfg = load_config(FAST, config_name="serve")
-    with TestClient(create_app(cfg, parts)) as other:
+    with TestClient(create_app(cfg, parts, overrides=FAST)) as other:
         _upload(other, ("wall.png", _png(_wall())))
         root = other.app.state.worker.root
         assert root.is_dir()
@@ -325,29 +326,33 @@ def test_results_are_deleted_when_idle_and_when_the_server_stops(make_client, pa
 
 
 def test_strength_presets_share_overrides_and_follow_the_chosen_one():
-    presets, default = build_presets(load_config(["strength=high", "strength.steps=3"], config_name="serve"))
+    presets, default = build_presets(["strength=high", "strength.steps=3"])
     assert default == "high"
     assert {p.steps for p in presets.values()} == {3}
     # An override shared by every preset leaves each its own visibility limits.
     own_limits = {n: load_config([f"strength={n}"], config_name="serve").strength.get("max_shading") for n in presets}
     assert {n: p.attack.max_shading for n, p in presets.items()} == own_limits
     assert len(set(own_limits.values())) == 3
-    presets, default = build_presets(load_config(["strength=low"], config_name="serve"), "low")
+    presets, default = build_presets(["strength=low"])
     own = {n: load_config([f"strength={n}"], config_name="serve").strength.steps for n in presets}
     assert default == "low" and {n: p.steps for n, p in presets.items()} == own and len(set(own.values())) > 1
 
 
 def test_each_preset_cloaks_with_the_model_its_strength_selects(parts, astronaut, monkeypatch):
     """As on the command line, high cloaks with every offline family and the others with the page's model."""
-    assert {n: preset_model_choice(n, "ensemble") for n in ("low", "mid", "high")} == {
+    cfg = load_config(FAST, config_name="serve")
+    presets = build_presets(FAST, parts.model)[0]
+    assert {n: p.model_choice for n, p in presets.items()} == {
         "low": "ensemble",
         "mid": "ensemble",
         "high": "ensemble_all",
     }
-    cfg = load_config(FAST, config_name="serve")
-    presets = preset_models(build_presets(cfg)[0], cfg, parts.model, "ensemble")
     assert presets["low"].model is parts.model and presets["mid"].model is parts.model
     assert "facenet_casia" in presets["high"].model.weights and "facenet_casia" not in parts.model.weights
+    explicit = build_presets([*FAST, "model=ensemble", "strength=high"], parts.model)[0]
+    assert all(p.model is parts.model and p.model_choice == "ensemble" for p in explicit.values()), (
+        "model= beats high's"
+    )
 
     import cloak.web.worker as worker
 
@@ -421,18 +426,20 @@ def test_python_m_cloak_serve_dispatches_with_hydra_overrides(monkeypatch):
 
     seen = {}
 
-    def fake_serve(cfg, default_strength=None, model_choice=None):
-        seen.update(cfg=cfg, strength=default_strength, model=model_choice)
+    def fake_serve(cfg, overrides=None):
+        seen.update(cfg=cfg, overrides=overrides)
 
     monkeypatch.setattr(server, "serve", fake_serve)
     monkeypatch.setattr(sys, "argv", ["cloak", "serve", "port=9000", "strength=low", "open_browser=false"])
     entry.main()
-    assert seen["cfg"].port == 9000 and seen["cfg"].open_browser is False and seen["strength"] == "low"
-    assert seen["model"] == "ensemble", "without model=, each preset picks its own model"
-    for explicit in ("model=sface", "model.weights.sface=5"):
-        monkeypatch.setattr(sys, "argv", ["cloak", "serve", "strength=high", explicit])
-        entry.main()
-        assert seen["model"] is None, f"{explicit} serves every preset"
+    assert seen["cfg"].port == 9000 and seen["cfg"].open_browser is False
+    assert seen["overrides"] == ["port=9000", "strength=low", "open_browser=false"], "each preset is composed with them"
+    presets, default = build_presets(seen["overrides"])
+    assert default == "low" and presets["high"].model_choice == "ensemble_all", "without model=, high picks its own"
+    monkeypatch.setattr(sys, "argv", ["cloak", "serve", "strength=high", "model=sface"])
+    entry.main()
+    presets, default = build_presets(seen["overrides"])
+    assert default == "high" and {p.model_choice for p in presets.values()} == {"sface"}, "model= serves every preset"
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv to build the wheel")

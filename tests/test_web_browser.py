@@ -59,7 +59,9 @@ def test_page_cloaks_a_photo_in_a_real_browser(browser, astronaut, tmp_path):
     photo = tmp_path / "astronaut.jpg"
     Image.fromarray(astronaut).save(photo, quality=92)
     overrides = ["device=cpu"] + ([] if STEPS == "preset" else [f"strength.steps={int(STEPS)}"])
-    app = create_app(load_config(overrides, config_name="serve"), allowed_hosts=allowed_hosts("127.0.0.1"))
+    app = create_app(
+        load_config(overrides, config_name="serve"), allowed_hosts=allowed_hosts("127.0.0.1"), overrides=overrides
+    )
     server = start_in_thread(app, "127.0.0.1", 0)
     try:
         page = browser.new_page(viewport={"width": 1120, "height": 900}, accept_downloads=True)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import webbrowser
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import uvicorn
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 
 from cloak.builders import build_from_config
 from cloak.web.app import create_app
-from cloak.web.strengths import build_presets, preset_models
+from cloak.web.strengths import build_presets
 
 log = logging.getLogger("cloak")
 
@@ -107,15 +108,16 @@ def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeou
     return RunningServer(server, thread, page_url(host, bound_port(server)))
 
 
-def serve(cfg: DictConfig, default_strength: str | None = None, model_choice: str | None = None) -> None:
+def serve(cfg: DictConfig, overrides: Sequence[str] | None = None) -> None:
     """Loads the models, serves the page until interrupted (Ctrl+C), and opens it in the browser.
 
     Args:
         cfg: the composed ``serve`` config (``configs/serve.yaml``).
-        default_strength: the preset ``strength=`` chose; ``None`` works it out from ``cfg``.
-        model_choice: the name of ``cfg.model``'s config when no ``model=`` was given: then
-            each preset cloaks with the model it selects, as on the command line (high:
-            ``ensemble_all``). ``None`` (an explicit ``model=``): ``cfg.model`` for all.
+        overrides: the Hydra overrides ``cfg`` was composed with (the command line's). Each
+            preset is composed from them with its own ``strength=``, as on the command line,
+            and cloaks with the model that selects (high: ``ensemble_all``, unless ``model=``
+            was given). ``None``: the presets are composed without overrides and all cloak
+            with ``cfg.model``.
     """
     host, port = str(cfg.host), int(cfg.port)
     warning = exposure_warning(host, port)
@@ -123,9 +125,8 @@ def serve(cfg: DictConfig, default_strength: str | None = None, model_choice: st
         log.warning(warning)
     log.info("Loading the face models (model=%s, device=%s)...", cfg.model._target_.rsplit(".", 1)[-1], cfg.device)
     parts = build_from_config(cfg, need_attack=False)
-    presets, default_strength = build_presets(cfg, default_strength)
-    if model_choice is not None and parts.model is not None:
-        presets = preset_models(presets, cfg, parts.model, model_choice)
+    page_model = None if overrides is None else parts.model
+    presets, default_strength = build_presets(overrides or (), page_model)
     app = create_app(cfg, parts, presets, default_strength, allowed_hosts=allowed_hosts(host))
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")

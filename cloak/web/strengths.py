@@ -1,25 +1,26 @@
 """The strength presets the page offers, each with its attack built once at startup.
 
 The presets are the ``strength`` config group (``low``, ``mid``, ``high``): they
-differ in the L-inf budget, the number of steps and the perceptual budget, and
-a preset may choose its model as on the command line (``high`` selects
-``model=ensemble_all``): :func:`preset_models` gives each preset the model the
-command line would, unless the page was started with an explicit ``model=``,
-which then serves every preset. The detector is shared. ``strength=`` picks
-the preset the page starts with; fields of ``cfg.strength`` that differ from that
-preset's file (``strength.steps=2``) are overrides and apply to every preset.
+differ in the L-inf budget, the number of steps and the perceptual budget. Each is
+composed by Hydra as the command line would compose it: the page's own overrides,
+then ``strength=<name>``. So overrides of the strength's fields (``strength.steps=2``)
+apply to every preset, ``strength=`` picks the preset the page starts with, and a
+preset's own choice of model (``high`` selects ``model=ensemble_all``) holds unless
+the page was started with an explicit ``model=``, which then serves every preset.
+The detector is shared.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
-from cloak.config import config_dir, load_config
+from cloak.config import config_choices, load_config
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: The presets, weakest first, as the page lists them.
 PRESET_NAMES = ("low", "mid", "high")
+
+#: The config the page is composed from (``configs/serve.yaml``).
+CONFIG_NAME = "serve"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class StrengthPreset:
         max_dssim: perceptual budget of the face region.
         attack: the attack configured with this strength.
         model: the model this preset cloaks with; ``None``: the page's (``parts.model``).
+        model_choice: Hydra's ``model`` choice for this preset (high: ``ensemble_all``, unless ``model=`` was given).
     """
 
     name: str
@@ -48,105 +53,83 @@ class StrengthPreset:
     max_dssim: float | None
     attack: Attack
     model: FaceEmbedder | Ensemble | None = None
+    model_choice: str | None = None
 
 
-def _load(name: str) -> DictConfig:
-    path = config_dir() / "strength" / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"strength preset {name!r} not found at {path}; reinstall cloak")
-    loaded = OmegaConf.load(path)
-    assert isinstance(loaded, DictConfig)
-    return loaded
+def preset_overrides(overrides: Sequence[str], name: str) -> list[str]:
+    """The overrides preset ``name`` is composed with: the page's, then ``strength=<name>`` (the last choice wins)."""
+    return [*overrides, f"strength={name}"]
 
 
-def preset_file(name: str) -> DictConfig:
-    """The ``strength/<name>.yaml`` budgets as written, without overrides (and without its defaults list)."""
-    loaded = _load(name)
-    loaded.pop("defaults", None)  # Hydra's choice of other groups (high's model), not a budget
-    return loaded
+def default_preset(overrides: Sequence[str]) -> str:
+    """The preset ``strength=`` chose among the overrides (Hydra's choice; ``mid`` when it is none of the presets)."""
+    choice = config_choices(list(overrides), CONFIG_NAME).get("strength", "mid")
+    if choice not in PRESET_NAMES:
+        log.warning("strength=%s is none of the page's presets %s; the page starts with mid", choice, PRESET_NAMES)
+        return "mid"
+    return choice
 
 
-def preset_model_choice(name: str, default: str) -> str:
-    """The ``model`` config preset ``name`` selects in its defaults list (high: ``ensemble_all``), else ``default``."""
-    entries = _load(name).get("defaults", ListConfig([]))
-    for entry in entries:
-        if isinstance(entry, DictConfig):
-            for key, value in entry.items():
-                if str(key).replace("override ", "").strip().startswith("/model"):
-                    return str(value)
-    return default
+def _log_strength_overrides(overrides: Sequence[str], name: str) -> None:
+    """Logs the strength fields the overrides change, which every preset shares."""
+    own = load_config([f"strength={name}"], CONFIG_NAME).strength
+    composed = load_config(preset_overrides(overrides, name), CONFIG_NAME).strength
+    changed = {k: v for k, v in composed.items() if k not in own or own[k] != v}
+    if changed:
+        log.info("Strength overrides for every preset: %s", changed)
 
 
-def preset_models(
-    presets: dict[str, StrengthPreset], cfg: DictConfig, page_model: FaceEmbedder | Ensemble, page_choice: str
-) -> dict[str, StrengthPreset]:
-    """Gives each preset the model ``strength=<name>`` selects on the command line.
+class _Models:
+    """The models the presets cloak with, each built once per model config; the page's is reused."""
 
-    Args:
-        presets: from :func:`build_presets`.
-        cfg: the page's composed config (its device; the model configs are composed anew).
-        page_model: the model the page was started with, used by every preset whose choice is ``page_choice``.
-        page_choice: the name of that model's config (Hydra's ``model`` choice).
+    def __init__(self, page_cfg: DictConfig, page_model: FaceEmbedder | Ensemble) -> None:
+        self._built = {self._key(page_cfg): page_model}
 
-    Returns:
-        The presets, each with its ``model`` set; models are built once per config.
-    """
-    serve_defaults = OmegaConf.load(config_dir() / "serve.yaml").defaults
-    default = str(next(e["model"] for e in serve_defaults if isinstance(e, DictConfig) and "model" in e))
-    models: dict[str, FaceEmbedder | Ensemble] = {page_choice: page_model}
-    out = {}
-    for name, preset in presets.items():
-        choice = preset_model_choice(name, default)
-        if choice not in models:
-            log.info("Loading model=%s for the %s preset", choice, name)
-            run_cfg = cfg.copy()
-            run_cfg.model = load_config([f"model={choice}"], config_name="serve").model
-            built = build_from_config(run_cfg, need_detector=False, need_attack=False).model
+    @staticmethod
+    def _key(cfg: DictConfig) -> str:
+        return OmegaConf.to_yaml(cfg.model, resolve=True)
+
+    def get(self, cfg: DictConfig, choice: str, preset: str) -> FaceEmbedder | Ensemble:
+        key = self._key(cfg)
+        if key not in self._built:
+            log.info("Loading model=%s for the %s preset", choice, preset)
+            built = build_from_config(cfg, need_detector=False, need_attack=False).model
             assert built is not None
-            models[choice] = built
-        out[name] = replace(preset, model=models[choice])
-    return out
+            self._built[key] = built
+        return self._built[key]
 
 
-def chosen_preset(strength: DictConfig) -> str:
-    """The preset ``cfg.strength`` was composed from: the one with the same budgets (else ``mid``)."""
-    keys = ("eps", "max_dssim", "min_face_ssim")
-    for name in PRESET_NAMES:
-        preset = preset_file(name)
-        if all(OmegaConf.select(preset, k) == OmegaConf.select(strength, k) for k in keys):
-            return name
-    log.warning("strength %s matches no preset; the page starts with mid", {k: strength.get(k) for k in keys})
-    return "mid"
-
-
-def build_presets(cfg: DictConfig, default: str | None = None) -> tuple[dict[str, StrengthPreset], str]:
-    """Builds one attack per preset from the run's config.
+def build_presets(
+    overrides: Sequence[str] = (), page_model: FaceEmbedder | Ensemble | None = None
+) -> tuple[dict[str, StrengthPreset], str]:
+    """Composes each preset from the page's overrides and builds its attack (and its model).
 
     Args:
-        cfg: the composed ``serve`` (or ``cloak``) config.
-        default: the preset ``strength=`` chose (from Hydra's choices); ``None``
-            to find it by its ``eps``.
+        overrides: the Hydra overrides the page's ``serve`` config was composed with.
+        page_model: the model built from that config. Given, each preset cloaks with the
+            model its composition selects (the page's when it is the same config, else one
+            built once per config); ``None``: every preset cloaks with the page's model.
 
     Returns:
-        The presets by name, and the name of the page's default one.
+        The presets by name, and the name of the one ``strength=`` chose.
     """
-    default = default if default in PRESET_NAMES else chosen_preset(cfg.strength)
-    own = preset_file(default)
-    overrides = {k: v for k, v in cfg.strength.items() if k not in own or own[k] != v}
-    if overrides:
-        log.info("Strength overrides for every preset: %s", overrides)
+    default = default_preset(overrides)
+    _log_strength_overrides(overrides, default)
+    models = None if page_model is None else _Models(load_config(list(overrides), CONFIG_NAME), page_model)
     presets = {}
     for name in PRESET_NAMES:
-        strength = OmegaConf.merge(preset_file(name), overrides)
-        run_cfg = cfg.copy()
-        run_cfg.strength = strength
-        attack = build_from_config(run_cfg, need_model=False, need_detector=False).attack
+        composed = preset_overrides(overrides, name)
+        cfg = load_config(composed, CONFIG_NAME)
+        attack = build_from_config(cfg, need_model=False, need_detector=False).attack
         assert attack is not None
+        choice = config_choices(composed, CONFIG_NAME).get("model")
         presets[name] = StrengthPreset(
             name=name,
-            eps=float(strength.eps),
+            eps=float(cfg.strength.eps),
             steps=int(attack.steps),
-            max_dssim=strength.get("max_dssim"),
+            max_dssim=cfg.strength.get("max_dssim"),
             attack=attack,
+            model=None if models is None else models.get(cfg, str(choice), name),
+            model_choice=choice,
         )
     return presets, default
