@@ -7,8 +7,8 @@ import torch
 from conftest import synthetic_photo
 
 from cloak.attacks import PGD, Fawkes, LowKey, PhotoFaces, photo_seed
-from cloak.attacks.base import step_sizes
 from cloak.attacks.masking import VisualMasking
+from cloak.attacks.steps import step_sizes
 from cloak.models.ensemble import Ensemble
 from cloak.transforms import RobustTransform
 

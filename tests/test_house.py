@@ -23,10 +23,7 @@ MAX_FUNCTION_LINES = 70
 EXEMPT_MODULES = {"cloak/models/dlib_format.py"}
 
 #: Over a limit today, each with why it is left as is (module path, or ``path:function``).
-KNOWN_OVER = {
-    "cloak/attacks/base.py": "Attack is being slimmed on main (fewer switches, fewer arguments)",
-    "cloak/attacks/base.py:__init__": "Attack's 27 arguments: being reduced on main",
-}
+KNOWN_OVER: dict[str, str] = {}
 
 
 def _sources() -> list[Path]:
@@ -37,19 +34,19 @@ def _name(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def over_limits() -> dict[str, int]:
+def over_limits(module_lines: int = MAX_MODULE_LINES, function_lines: int = MAX_FUNCTION_LINES) -> dict[str, int]:
     """Every module and function over its limit, with its length in lines."""
     found = {}
     for path in _sources():
         name = _name(path)
         text = path.read_text()
         lines = len(text.splitlines())
-        if lines > MAX_MODULE_LINES and name not in EXEMPT_MODULES:
+        if lines > module_lines and name not in EXEMPT_MODULES:
             found[name] = lines
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
+                if length > function_lines:
                     found[f"{name}:{node.name}"] = length
     return found
 
@@ -88,4 +85,7 @@ def test_the_checks_see_what_they_check():
     sources = {_name(p) for p in _sources()}
     assert {"cloak/api.py", "scripts/bench.py", "experiments/run.py", "cloak/models/dlib_format.py"} <= sources
     assert set(over_limits()) <= set(KNOWN_OVER)
-    assert any(":" in name for name in over_limits()), "no function measured"
+    # The attack loop is 70 lines and the attack module about 440: tighter limits must see them.
+    tighter = over_limits(module_lines=400, function_lines=60)
+    assert "cloak/attacks/base.py:_run" in tighter, "no function measured"
+    assert "cloak/attacks/base.py" in tighter, "no module measured"

@@ -13,16 +13,16 @@ region's DSSIM, each face's 5th-percentile local SSIM; see
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from cloak.alignment import warp_crops
-from cloak.attacks.budget import COLORS, CloakShape, FaceBudget
+from cloak.attacks.budget import CloakShape, FaceBudget, check_limits, check_shape, require
 from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import PhotoFaces, Region, face_region
+from cloak.attacks.steps import STEP_SCHEDULES, EarlyStop, frozen, settled_sign, step_sizes
 from cloak.device import bfloat16_autocast
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -40,42 +40,6 @@ Views = dict[str, tuple[FaceEmbedder, float]]
 #: Visual masking of the background's cap (``background_eps``): full in hair and texture,
 #: a quarter on flat walls and sky.
 BACKGROUND_MASKING = VisualMasking()
-
-#: How the step size changes over the steps (see :func:`step_sizes`).
-STEP_SCHEDULES = ("constant", "cosine")
-
-
-#: Gradient components within this many machine epsilons of the gradient's largest are
-#: rounding noise: their sign depends on the order of a reduction (a batch of photos or
-#: one alone, AVX2 or AVX512 kernels), so they take no step.
-SIGN_NOISE_EPS = 64
-
-
-def settled_sign(g: torch.Tensor) -> torch.Tensor:
-    """``g.sign()``, with 0 where ``|g|`` is rounding noise (:data:`SIGN_NOISE_EPS` of ``max |g|``).
-
-    A luma cloak's gradient is the sum of the R, G and B gradients, which often nearly
-    cancel: a plain sign turns a remainder of either sign at the level of float rounding
-    into a full step, so the cloak would depend on the batch it was computed in.
-    """
-    noise = SIGN_NOISE_EPS * torch.finfo(g.dtype).eps * g.abs().amax()
-    return torch.where(g.abs() > noise, g.sign(), torch.zeros_like(g))
-
-
-def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list[float]:
-    """The size of each of ``steps`` sign steps; their mean is ``step_size`` for every schedule.
-
-    ``constant``: ``step_size`` throughout. ``cosine``: ``step_size * (1 + cos(pi (t + 1/2) / steps))``
-    at step ``t``, nearly twice the mean at the first step and near 0 at the last. Under a
-    face budget, steps of one size keep jumping back and forth across the budget's edge
-    and the cloak ends short of it (mean face SSIM 0.954 for a 0.95 budget at mid); steps
-    that shrink settle on it (0.950) and protect more (experiments/log.md, "What else was tried").
-    """
-    if schedule not in STEP_SCHEDULES:
-        raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
-    if schedule == "constant":
-        return [step_size] * steps
-    return [step_size * (1 + math.cos(math.pi * (t + 0.5) / steps)) for t in range(steps)]
 
 
 @dataclass
@@ -193,12 +157,10 @@ class Attack:
         shading_weight: float = 1.0,
         highpass_sigma: float = 0.0,
     ) -> None:
-        if eps <= 0:
-            raise ValueError(f"eps must be positive (0-255 pixel units), got {eps}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if max_dssim is not None and not 0 < max_dssim < 1:
-            raise ValueError(f"max_dssim must be in (0, 1) or null, got {max_dssim}")
+        require(eps > 0, f"eps must be positive (0-255 pixel units), got {eps}")
+        require(steps >= 0, f"steps must be >= 0, got {steps}")
+        check_limits(max_dssim, min_face_ssim, min_face_ssim_p5, max_shading)
+        check_shape(perturbation_sigma, color, max_chroma, background_eps, highpass_sigma)
         self.eps = float(eps) / 255.0
         self.steps = int(steps)
         self.step_size = (float(step_size) / 255.0) if step_size else 2.5 * self.eps / max(1, self.steps)
@@ -208,41 +170,27 @@ class Attack:
         self.transform = transform if transform is not None and not transform.is_identity else None
         self.random_start = bool(random_start)
         self.seed = int(seed)
-        if min_face_ssim_p5 is not None and not -1 < min_face_ssim_p5 < 1:
-            raise ValueError(f"min_face_ssim_p5 must be in (-1, 1) or null, got {min_face_ssim_p5}")
-        if perturbation_sigma < 0:
-            raise ValueError(f"perturbation_sigma must be >= 0 (model-input pixels), got {perturbation_sigma}")
-        if color not in COLORS:
-            raise ValueError(f"color must be one of {COLORS}, got {color!r}")
-        if min_face_ssim is not None and not -1 < min_face_ssim < 1:
-            raise ValueError(f"min_face_ssim must be in (-1, 1) or null, got {min_face_ssim}")
         self.min_face_ssim_p5 = min_face_ssim_p5
         self.ssim_p5_weight = float(ssim_p5_weight)
         self.min_face_ssim = min_face_ssim
         self.masking = VisualMasking() if masking is True else (masking or None)
         self.perturbation_sigma = float(perturbation_sigma)
         self.color = color
-        if min_steps < 0:
-            raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+        require(min_steps >= 0, f"min_steps must be >= 0, got {min_steps}")
         self.stop_margin = None if stop_margin is None else float(stop_margin)
         self.min_steps = int(min_steps)
-        if work_scale is not None and work_scale < 1:
-            raise ValueError(f"work_scale must be >= 1 (photo pixels per model pixel) or null, got {work_scale}")
+        require(
+            work_scale is None or work_scale >= 1,
+            f"work_scale must be >= 1 (photo px per model px) or null, got {work_scale}",
+        )
         self.work_scale = None if work_scale is None else float(work_scale)
-        if not 0 <= max_chroma <= 1:
-            raise ValueError(f"max_chroma must be in [0, 1], got {max_chroma}")
         self.max_chroma = float(max_chroma)
-        if step_schedule not in STEP_SCHEDULES:
-            raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}")
+        require(
+            step_schedule in STEP_SCHEDULES, f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}"
+        )
         self.step_schedule = step_schedule
-        if background_eps is not None and background_eps <= 0:
-            raise ValueError(f"background_eps must be positive (0-255 pixel units) or null, got {background_eps}")
         self.background_eps = None if background_eps is None else float(background_eps) / 255.0
         self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
-        if max_shading is not None and max_shading <= 0:
-            raise ValueError(f"max_shading must be positive (CIEDE2000 units) or null, got {max_shading}")
-        if highpass_sigma < 0:
-            raise ValueError(f"highpass_sigma must be >= 0 (model-input pixels), got {highpass_sigma}")
         self.max_shading = None if max_shading is None else float(max_shading)
         self.shading_weight = float(shading_weight)
         self.highpass_sigma = float(highpass_sigma)
@@ -291,7 +239,7 @@ class Attack:
         views = self.views(ensemble)
         if not photos:
             return []
-        with _frozen(ensemble):
+        with frozen(ensemble):
             return self._run(views, list(photos), progress)
 
     def _run(self, views: Views, photos: list[PhotoFaces], progress: Callable[[int], None] | None) -> list[CloakResult]:
@@ -309,7 +257,7 @@ class Attack:
             s.start(c, self.eps, g if self.random_start else None).requires_grad_(True)
             for s, c, g in zip(shapes, clean, gens)
         ]
-        stopping = _EarlyStop(self, [len(p.landmarks) for p in photos])
+        stopping = EarlyStop(self, [len(p.landmarks) for p in photos])
         sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
         # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
@@ -488,75 +436,3 @@ class Attack:
             max_shading=self.max_shading,
             shading_weight=self.shading_weight,
         )
-
-
-class _EarlyStop:
-    """Which photos of a batch still optimise, and how many steps each took.
-
-    A photo stops once each of its faces is past every active model's threshold by
-    the attack's ``stop_margin``, in an average over the last few random distortions
-    (a single lucky draw must not stop it), and it has taken ``min_steps``. Each
-    photo's decision depends on its own faces only, so a photo stops at the same
-    step alone or in any batch.
-    """
-
-    #: Weight of the newest step in the running average of each face's margin.
-    SMOOTHING = 0.3
-
-    def __init__(self, attack: Attack, faces_per_photo: list[int]) -> None:
-        self.attack = attack
-        self.offsets = [0, *torch.tensor(faces_per_photo).cumsum(0).tolist()]
-        self.steps_taken = [0] * len(faces_per_photo)
-        self.margin: list[torch.Tensor | None] = [None] * len(faces_per_photo)
-        self.stopped = [False] * len(faces_per_photo)
-        self.steps_run = 0
-
-    def live(self) -> list[int]:
-        return [i for i, done in enumerate(self.stopped) if not done]
-
-    def face_rows(self, photos: list[int]) -> torch.Tensor | None:
-        """Rows of the batch's per-face tensors that belong to ``photos`` (None when that is every row)."""
-        if len(photos) == len(self.stopped):
-            return None
-        return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in photos])
-
-    @torch.no_grad()
-    def update(self, live: list[int], views: Views, per_view: dict[str, torch.Tensor], step: int) -> None:
-        """Counts the step for the ``live`` photos and stops those whose faces cleared the margin."""
-        self.steps_run = step + 1
-        for i in live:
-            self.steps_taken[i] += 1
-        if self.attack.stop_margin is None:
-            return
-        margins = [self.attack.face_margin(per_view[name].detach(), model) for name, (model, _) in views.items()]
-        if any(m is None for m in margins):
-            return
-        worst = torch.stack(margins).amin(0)  # every model must be fooled
-        start = 0
-        for i in live:
-            n = self.offsets[i + 1] - self.offsets[i]
-            now, start = worst[start : start + n], start + n
-            old = self.margin[i]
-            self.margin[i] = now if old is None else (1 - self.SMOOTHING) * old + self.SMOOTHING * now
-            if self.steps_taken[i] >= self.attack.min_steps and bool((self.margin[i] >= self.attack.stop_margin).all()):
-                self.stopped[i] = True
-
-
-class _frozen:
-    """Puts models in eval mode with frozen weights; restores both afterwards."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> None:
-        self.training = [(m, m.training) for m in self.module.modules()]
-        self.requires = [p.requires_grad for p in self.module.parameters()]
-        self.module.eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for m, training in self.training:
-            m.training = training
-        for p, r in zip(self.module.parameters(), self.requires):
-            p.requires_grad_(r)

@@ -270,3 +270,36 @@ class FaceBudget:
 def _shading_faces(boxes: torch.Tensor, size: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], float]]:
     """Per face box (region pixels), the region its shading figure measures and the blur's sigma."""
     return [(shading_box(box, size), shading_sigma(float(box[2] - box[0]))) for box in boxes]
+
+
+def require(condition: bool, message: str) -> None:
+    """Raises ``ValueError(message)`` unless ``condition`` holds (an attack's argument checks)."""
+    if not condition:
+        raise ValueError(message)
+
+
+def check_limits(
+    max_dssim: float | None, min_face_ssim: float | None, min_face_ssim_p5: float | None, max_shading: float | None
+) -> None:
+    """Raises a clear ``ValueError`` for a visibility limit out of its range."""
+    require(max_dssim is None or 0 < max_dssim < 1, f"max_dssim must be in (0, 1) or null, got {max_dssim}")
+    for name, floor in (("min_face_ssim", min_face_ssim), ("min_face_ssim_p5", min_face_ssim_p5)):
+        require(floor is None or -1 < floor < 1, f"{name} must be in (-1, 1) or null, got {floor}")
+    require(
+        max_shading is None or max_shading > 0,
+        f"max_shading must be positive (CIEDE2000) or null, got {max_shading}",
+    )
+
+
+def check_shape(
+    perturbation_sigma: float, color: str, max_chroma: float, background_eps: float | None, highpass_sigma: float
+) -> None:
+    """Raises a clear ``ValueError`` for an option of the cloak's shape out of its range."""
+    require(perturbation_sigma >= 0, f"perturbation_sigma must be >= 0 (model-input pixels), got {perturbation_sigma}")
+    require(color in COLORS, f"color must be one of {COLORS}, got {color!r}")
+    require(0 <= max_chroma <= 1, f"max_chroma must be in [0, 1], got {max_chroma}")
+    require(
+        background_eps is None or background_eps > 0,
+        f"background_eps must be positive (0-255) or null, got {background_eps}",
+    )
+    require(highpass_sigma >= 0, f"highpass_sigma must be >= 0 (model-input pixels), got {highpass_sigma}")
