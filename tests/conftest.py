@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,18 @@ def lfw_dev() -> Path:
     if not path.is_dir():
         pytest.skip(f"lfw-dev face data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def wheel_names(tmp_path_factory) -> set[str]:
+    """The file names inside the project's wheel, built once per session with ``uv build``."""
+    if shutil.which("uv") is None:
+        pytest.skip("needs uv to build the wheel")
+    out = tmp_path_factory.mktemp("wheel")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(["uv", "build", "--wheel", "--out-dir", str(out)], cwd=root, check=True, capture_output=True)
+    [wheel] = out.glob("cloak-*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
 
 
 @pytest.fixture(scope="session")
