@@ -356,7 +356,15 @@ def _log_table(cloaked: dict[str, PhotoReport], models: list[str]) -> None:
 
 
 def _log_quality(cloaked: dict[str, PhotoReport], faces: list[FaceReport]) -> None:
-    """The faces' SSIM and colour shift over the run, and the whole photos' SSIM."""
+    """The faces' shading, SSIM and colour shift over the run, and the whole photos' SSIM."""
+    shaded = [f.shading for f in faces if f.shading is not None]
+    if shaded:
+        # SSIM barely sees smooth changes of light and tone; this is the number that does.
+        log.info(
+            "Face shading (CIEDE2000 after a blur; about 1 starts to show side by side): mean %.2f, largest %.2f",
+            np.mean(shaded),
+            max(shaded),
+        )
     measured = [f for f in faces if f.ssim is not None]
     if measured:
         log.info(

@@ -75,6 +75,7 @@ def test_folder_is_cloaked_safely_and_reported(photos, caplog):
     # And the face's colour shift, which SSIM does not see, as report.json has it.
     assert f"largest {face['color_shift']:.2f}" in caplog.text
     # The shading figure, the share of each visibility limit used and each model's margin.
+    assert f"largest {face['shading']:.2f}" in caplog.text
     limits = {"shading": 1.0, "ssim": 0.97, "ssim_p5": 0.90}  # the default preset's
     assert 0 < face["shading"] <= limits["shading"]
     assert face["limit_use"]["shading"] == pytest.approx(face["shading"] / limits["shading"], abs=1e-4)
