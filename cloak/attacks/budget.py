@@ -207,11 +207,10 @@ class FaceBudget:
             self.last_ssim = min(means, default=1.0)
         if self.shading and self.shading_weight > 0:
             share = 1 - SHADING_PERCENTILE / 100.0
-            figures = []
-            for de in self._shading_maps(adv, clean):
-                figures.append(float(torch.quantile(de.detach().flatten().double(), 1 - share)))
+            maps = self._shading_maps(adv, clean)
+            for de in maps:
                 total = total + self.shading_weight * (de - self.max_shading).clamp_min(0).mean() / share
-            self.last_shading = max(figures)
+            self.last_shading = max(_figure(de) for de in maps)
         return total
 
     def _shading_maps(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
@@ -229,10 +228,7 @@ class FaceBudget:
     def shading_figures(self, adv: torch.Tensor, clean: torch.Tensor) -> list[float]:
         """Each face's shading figure (:func:`cloak.shading.shading`, on the region's pixels)."""
         with torch.no_grad():
-            return [
-                float(torch.quantile(de.flatten().double(), SHADING_PERCENTILE / 100.0))
-                for de in self._shading_maps(adv, clean)
-            ]
+            return [_figure(de) for de in self._shading_maps(adv, clean)]
 
     def within(self, adv: torch.Tensor, clean: torch.Tensor) -> bool:
         """Whether ``adv`` keeps every limit."""
@@ -265,6 +261,11 @@ class FaceBudget:
             else:
                 hi = mid
         return best
+
+
+def _figure(shading_map: torch.Tensor) -> float:
+    """The shading figure of one face's CIEDE2000 map: its :data:`~cloak.shading.SHADING_PERCENTILE`-th percentile."""
+    return float(torch.quantile(shading_map.detach().flatten().double(), SHADING_PERCENTILE / 100.0))
 
 
 def _shading_faces(boxes: torch.Tensor, size: tuple[int, int]) -> list[tuple[tuple[int, int, int, int], float]]:
