@@ -207,13 +207,7 @@ def shading_map(original: torch.Tensor, cloaked: torch.Tensor, face_width: float
         - cloaked: same as ``original``
         - Output: :math:`(B, H, W)`, with :math:`B = 1` for unbatched inputs
     """
-    if original.shape != cloaked.shape or original.ndim not in (3, 4) or original.shape[-3] != 3:
-        raise ValueError(
-            f"original and cloaked must both be [3, H, W] or [B, 3, H, W], got "
-            f"{list(original.shape)} and {list(cloaked.shape)}"
-        )
-    if original.ndim == 3:
-        original, cloaked = original.unsqueeze(0), cloaked.unsqueeze(0)
+    original, cloaked = _pair(original, cloaked)
     sigma = shading_sigma(face_width)
     return ciede2000(blurred_lab(original, sigma), blurred_lab(cloaked, sigma))
 
