@@ -51,7 +51,6 @@ OVERRIDES = [
     "attack.background_eps=null",
     "attack.max_shading=null",
     "attack.shading_weight=1.0",
-    "attack.highpass_sigma=0.0",
 ]
 
 

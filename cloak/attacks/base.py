@@ -124,8 +124,6 @@ class Attack:
             CIEDE2000 after a blur of 3% of the face's width, 95th percentile) may not exceed
             this; ``None`` for none. Enforced like ``min_face_ssim``. Needs the faces' ``boxes``.
         shading_weight: weight of the penalty for shading beyond ``max_shading``.
-        highpass_sigma: removes the cloak's Gaussian low-pass of this sigma, in model-input
-            pixels (0 for none): what is left changes texture, not the face's shading.
     """
 
     name = "attack"
@@ -155,12 +153,11 @@ class Attack:
         bfloat16_members: Sequence[str] = (),
         max_shading: float | None = None,
         shading_weight: float = 1.0,
-        highpass_sigma: float = 0.0,
     ) -> None:
         require(eps > 0, f"eps must be positive (0-255 pixel units), got {eps}")
         require(steps >= 0, f"steps must be >= 0, got {steps}")
         check_limits(max_dssim, min_face_ssim, min_face_ssim_p5, max_shading)
-        check_shape(perturbation_sigma, color, max_chroma, background_eps, highpass_sigma)
+        check_shape(perturbation_sigma, color, max_chroma, background_eps)
         self.eps = float(eps) / 255.0
         self.steps = int(steps)
         self.step_size = (float(step_size) / 255.0) if step_size else 2.5 * self.eps / max(1, self.steps)
@@ -193,7 +190,6 @@ class Attack:
         self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
         self.max_shading = None if max_shading is None else float(max_shading)
         self.shading_weight = float(shading_weight)
-        self.highpass_sigma = float(highpass_sigma)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -399,17 +395,13 @@ class Attack:
             share = share * (rest + (1 - rest) * faces)
         if self.masking is not None:
             share = share * self.masking(clean)
-        # Region pixels per model-input pixel: the scale of each face's alignment; the
-        # smallest face sets it, so no face loses the detail its model sees.
-        scale = region.model_pixel_scale
+        blur = 0.0
+        if self.perturbation_sigma > 0:
+            # Region pixels per model-input pixel: the scale of each face's alignment; the
+            # smallest face sets it, so no face loses the detail its model sees.
+            blur = self.perturbation_sigma * region.model_pixel_scale
         chroma = chroma_map(clean).clamp_max(self.max_chroma) if self.color == "auto" else None
-        return CloakShape(
-            share=share,
-            blur_sigma=self.perturbation_sigma * scale,
-            channels=1 if self.color == "luma" else 3,
-            chroma=chroma,
-            highpass_sigma=self.highpass_sigma * scale,
-        )
+        return CloakShape(share=share, blur_sigma=blur, channels=1 if self.color == "luma" else 3, chroma=chroma)
 
     def _budget(self, photo: PhotoFaces, region: Region) -> FaceBudget:
         """One photo's perceptual budget, on its faces' boxes in region pixels."""

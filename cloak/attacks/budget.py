@@ -46,23 +46,17 @@ class CloakShape:
         chroma: optional ``[1, 1, h, w]`` in ``[0, 1]``: the share of an RGB cloak's colour
             (its difference from grey) each pixel keeps. A convex mix of the cloak and its
             grey, so the L-inf bound still holds.
-        highpass_sigma: the cloak loses its Gaussian low-pass of this sigma (region pixels;
-            0 for none), halved so the L-inf bound still holds: it changes texture, not shading.
     """
 
     share: torch.Tensor
     blur_sigma: float = 0.0
     channels: int = 3
     chroma: torch.Tensor | None = None
-    highpass_sigma: float = 0.0
 
     def delta(self, u: torch.Tensor) -> torch.Tensor:
         """The ``[1, 3, h, w]`` pixel change of ``u`` (``[1, channels, h, w]``); differentiable."""
         if self.blur_sigma > 0:
             u = smooth(u, self.blur_sigma)
-        if self.highpass_sigma > 0:
-            # Half the difference from the low-pass keeps |u| <= eps (|u - blur(u)| <= 2 eps).
-            u = (u - smooth(u, self.highpass_sigma)) / 2
         if self.chroma is not None and u.shape[1] == 3:
             grey = u.mean(dim=1, keepdim=True)
             u = grey + self.chroma * (u - grey)
@@ -292,9 +286,7 @@ def check_limits(
     )
 
 
-def check_shape(
-    perturbation_sigma: float, color: str, max_chroma: float, background_eps: float | None, highpass_sigma: float
-) -> None:
+def check_shape(perturbation_sigma: float, color: str, max_chroma: float, background_eps: float | None) -> None:
     """Raises a clear ``ValueError`` for an option of the cloak's shape out of its range."""
     require(perturbation_sigma >= 0, f"perturbation_sigma must be >= 0 (model-input pixels), got {perturbation_sigma}")
     require(color in COLORS, f"color must be one of {COLORS}, got {color!r}")
@@ -303,4 +295,3 @@ def check_shape(
         background_eps is None or background_eps > 0,
         f"background_eps must be positive (0-255) or null, got {background_eps}",
     )
-    require(highpass_sigma >= 0, f"highpass_sigma must be >= 0 (model-input pixels), got {highpass_sigma}")
