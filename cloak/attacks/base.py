@@ -54,6 +54,10 @@ class CloakResult:
         bound: ``[1, h, w]``: the most each pixel of the region may move (``eps`` times
             the visual-masking map and the region's feathered mask), in ``[0, 1]`` units.
         steps: the optimisation steps this photo took (fewer than asked when it stopped early).
+        variable: ``[1, C, h, w]``: the optimised variable at the end, in region pixels
+            (before the final shrink): what a later face of the same person may start from
+            (:mod:`cloak.cloaking.reuse`).
+        warm: whether the photo started from a given start (:attr:`PhotoFaces.start`).
     """
 
     photo: torch.Tensor
@@ -62,6 +66,8 @@ class CloakResult:
     loss: list[float]
     bound: torch.Tensor | None = None
     steps: int = 0
+    variable: torch.Tensor | None = None
+    warm: bool = False
 
 
 class Attack:
@@ -124,6 +130,10 @@ class Attack:
             CIEDE2000 after a blur of 3% of the face's width, 95th percentile) may not exceed
             this; ``None`` for none. Enforced like ``min_face_ssim``. Needs the faces' ``boxes``.
         shading_weight: weight of the penalty for shading beyond ``max_shading``.
+        warm_steps: steps of a photo that starts from a given start (:attr:`PhotoFaces.start`,
+            a cloak of the same person carried over), instead of ``steps``.
+        warm_step_size: their mean step, 0-255 pixel units, on the same schedule; default
+            ``step_size``.
     """
 
     name = "attack"
@@ -153,6 +163,8 @@ class Attack:
         bfloat16_members: Sequence[str] = (),
         max_shading: float | None = None,
         shading_weight: float = 1.0,
+        warm_steps: int = 15,
+        warm_step_size: float | None = None,
     ) -> None:
         require(eps > 0, f"eps must be positive (0-255 pixel units), got {eps}")
         require(steps >= 0, f"steps must be >= 0, got {steps}")
@@ -190,6 +202,9 @@ class Attack:
         self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
         self.max_shading = None if max_shading is None else float(max_shading)
         self.shading_weight = float(shading_weight)
+        require(warm_steps >= 0, f"warm_steps must be >= 0, got {warm_steps}")
+        self.warm_steps = int(warm_steps)
+        self.warm_step_size = float(warm_step_size) / 255.0 if warm_step_size else self.step_size
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -250,15 +265,18 @@ class Attack:
         budgets = [self._budget(p, r) for p, r in zip(photos, regions)]
         # The optimised variables: |u| <= eps; each photo's pixel change is shape.delta(u).
         deltas = [
-            s.start(c, self.eps, g if self.random_start else None).requires_grad_(True)
-            for s, c, g in zip(shapes, clean, gens)
+            self._start(p, r, s, c, g).requires_grad_(True)
+            for p, r, s, c, g in zip(photos, regions, shapes, clean, gens)
         ]
-        stopping = EarlyStop(self, [len(p.landmarks) for p in photos])
-        sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
+        warm = [p.start is not None for p in photos]
+        limits = [self.warm_steps if w else self.steps for w in warm]
+        stopping = EarlyStop(self, [len(p.landmarks) for p in photos], limits)
+        cold_sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
+        warm_sizes = step_sizes(self.warm_step_size, self.warm_steps, self.step_schedule)
         # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
 
-        for step in range(self.steps):
+        for step in range(max(limits, default=0)):
             active = self.active_views(views, step_gen)
             live = stopping.live()
             if not live:
@@ -281,11 +299,12 @@ class Attack:
                 if budgets[i].active and (step % BUDGET_CHECK_EVERY == 0 or budgets[i].near()):
                     loss = loss + budgets[i].penalty(adv[i], clean[i])
             grads = torch.autograd.grad(loss, [deltas[i] for i in live])
+            taken = [stopping.steps_taken[i] for i in live]
             stopping.update(live, active, per_view, step)
             with torch.no_grad():
-                for d, g in zip([deltas[i] for i in live], grads):
-                    d -= sizes[step] * settled_sign(g)
-                    d.clamp_(-self.eps, self.eps)
+                for i, t, g in zip(live, taken, grads):
+                    deltas[i] -= (warm_sizes if warm[i] else cold_sizes)[t] * settled_sign(g)
+                    deltas[i].clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)
         if progress is not None and self.steps > stopping.steps_run:
@@ -305,9 +324,24 @@ class Attack:
                         loss=fl.tolist(),
                         bound=s.bound(self.eps)[0],
                         steps=stopping.steps_taken[i],
+                        variable=deltas[i].detach(),
+                        warm=warm[i],
                     )
                 )
         return results
+
+    def _start(
+        self, photo: PhotoFaces, region: Region, shape: CloakShape, clean: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """One photo's optimised variable at the first step: its given start, else zeros or noise."""
+        if photo.start is None:
+            return shape.start(clean, self.eps, gen if self.random_start else None)
+        start = region.crop(photo.start).unsqueeze(0).to(clean)
+        if start.shape[1] != shape.channels:
+            raise ValueError(
+                f"a photo's start must have {shape.channels} channel(s) for color={self.color!r}, got {start.shape[1]}"
+            )
+        return start.clamp(-self.eps, self.eps).contiguous()
 
     def _draw(self, generator: torch.Generator) -> Distortion:
         """One step's random platform distortion of one photo."""

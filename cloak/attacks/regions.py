@@ -27,12 +27,16 @@ class PhotoFaces:
             alone or in any batch (see :func:`photo_seed`).
         boxes: optional ``[F, 4]`` detector boxes ``(x0, y0, x1, y1)`` in photo pixels,
             where the attacks' per-face perceptual budget is measured.
+        start: optional ``[C, H, W]``: where the attack's optimised variable starts, in photo
+            pixels (C: 3, or 1 for a luma cloak); a photo with a start is *warm*: it takes the
+            attack's ``warm_steps`` (:mod:`cloak.cloaking.reuse` carries a person's cloak over).
     """
 
     photo: torch.Tensor
     landmarks: torch.Tensor
     seed: int = 0
     boxes: torch.Tensor | None = None
+    start: torch.Tensor | None = None
 
 
 def photo_seed(seed: int, photo: torch.Tensor) -> int:

@@ -60,20 +60,23 @@ class EarlyStop:
     #: Weight of the newest step in the running average of each face's margin.
     SMOOTHING = 0.3
 
-    def __init__(self, attack: Attack, faces_per_photo: list[int]) -> None:
+    def __init__(self, attack: Attack, faces_per_photo: list[int], limits: list[int] | None = None) -> None:
         self.attack = attack
         self.offsets = [0, *torch.tensor(faces_per_photo).cumsum(0).tolist()]
+        #: The most steps each photo may take (warm-started photos take fewer than the attack's).
+        self.limits = limits if limits is not None else [attack.steps] * len(faces_per_photo)
         self.steps_taken = [0] * len(faces_per_photo)
         self.margin: list[torch.Tensor | None] = [None] * len(faces_per_photo)
         self.stopped = [False] * len(faces_per_photo)
         self.steps_run = 0
 
     def live(self) -> list[int]:
-        return [i for i, done in enumerate(self.stopped) if not done]
+        """The photos that still take steps: not stopped early and under their step limit."""
+        return [i for i, done in enumerate(self.stopped) if not done and self.steps_taken[i] < self.limits[i]]
 
     def face_rows(self, photos: list[int]) -> torch.Tensor | None:
         """Rows of the batch's per-face tensors that belong to ``photos`` (None when that is every row)."""
-        if len(photos) == len(self.stopped):
+        if photos == list(range(len(self.stopped))):
             return None
         return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in photos])
 

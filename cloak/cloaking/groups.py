@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from cloak.attacks import Attack, PhotoFaces
 from cloak.attacks.regions import face_region
+from cloak.cloaking.reuse import IdentityMemory
 from cloak.cloaking.working_scale import enlarge_cloak, shrink_job, working_factor
 from cloak.detection import Face
 from cloak.imaging.windows import JPEG_BLOCK, WINDOW_MARGIN, Box, cut, merge_overlapping, window_around
@@ -37,6 +39,8 @@ def cloak_photos(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     steps_taken: list[int] | None = None,
+    memory: IdentityMemory | None = None,
+    face_steps: list[list[FaceSteps]] | None = None,
 ) -> list[np.ndarray]:
     """Cloaks the given faces of several photos in one batch; photos without faces come back unchanged.
 
@@ -56,23 +60,33 @@ def cloak_photos(
         steps_taken: if given, receives each photo's optimisation steps (the most any
             of its groups took; fewer than ``attack.steps`` when it stopped early, 0
             without faces).
+        memory: the run's people and their cloaks (:class:`~cloak.cloaking.reuse.IdentityMemory`):
+            a face of a person seen before starts from their cloak; None: every face starts
+            from the attack's own start, as the photo would alone.
+        face_steps: if given, receives per photo, per face, the steps its cloak took and
+            whether it started from its person's cloak.
     """
     view_models = {name: m for name, (m, _) in attack.views(as_ensemble(model)).items()}
     jobs, places = [], []
     for i, (photo, found) in enumerate(zip(photos, faces)):
         if found:
-            for job, window in _jobs(photo, found, attack.seed, view_models, device):
+            for job, window, rows in _jobs(photo, found, attack.seed, view_models, device):
                 jobs.append(job)
-                places.append((i, window))
+                places.append((i, window, rows))
     # Large faces are cloaked on shrunk copies; their cloaks come back at full resolution.
     factors = [working_factor(job, view_models, attack.work_scale) if attack.work_scale else 1.0 for job in jobs]
     work = [shrink_job(job, f) if f < 1 else job for job, f in zip(jobs, factors)]
-    results = attack(model, work, progress=progress)
+    results = (
+        memory.cloak(attack, model, work, progress) if memory is not None else attack(model, work, progress=progress)
+    )
     results = [enlarge_cloak(attack, job, w, r) if w is not job else r for job, w, r in zip(jobs, work, results)]
     out = [np.array(p, copy=True) for p in photos]
     steps = [0] * len(photos)
-    for (i, window), result in zip(places, results):
+    per_face: list[list[FaceSteps]] = [[FaceSteps(0, False)] * len(f) for f in faces]
+    for (i, window, rows), result in zip(places, results):
         steps[i] = max(steps[i], result.steps)
+        for row in rows:
+            per_face[i][row] = FaceSteps(result.steps, result.warm)
         if window is None:
             out[i] = to_uint8(result.photo)
             continue
@@ -82,7 +96,17 @@ def cloak_photos(
         out[i][y0 + ry0 : y0 + ry1, x0 + rx0 : x0 + rx1] = to_uint8(result.photo[:, ry0:ry1, rx0:rx1])
     if steps_taken is not None:
         steps_taken[:] = steps
+    if face_steps is not None:
+        face_steps[:] = per_face
     return out
+
+
+@dataclass(frozen=True)
+class FaceSteps:
+    """The optimisation steps one face's cloak took, and whether it started from its person's cloak."""
+
+    steps: int
+    warm: bool
 
 
 def _jobs(
@@ -91,8 +115,8 @@ def _jobs(
     seed: int,
     models: dict[str, FaceEmbedder],
     device: torch.device | str,
-) -> list[tuple[PhotoFaces, Box | None]]:
-    """A photo's attack jobs, each with the window it was cut from (None: the whole photo).
+) -> list[tuple[PhotoFaces, Box | None, list[int]]]:
+    """A photo's attack jobs, each with the window it was cut from (None: the whole photo) and its faces' indices.
 
     Faces far apart: one window per group, each with its own seed. One group on a
     photo much larger than it (:data:`WINDOW_MIN_SHARE`): one window with the photo's
@@ -108,7 +132,8 @@ def _jobs(
     groups = _face_groups(shape_only, landmarks, models)
     windows = [window_around(region, (h, w), margin=WINDOW_MARGIN, align=JPEG_BLOCK) for region, _ in groups]
     if len(groups) == 1 and h * w < WINDOW_MIN_SHARE * _area(windows[0]):
-        return [(PhotoFaces(to_tensor(photo).to(device), landmarks, seed=base, boxes=boxes), None)]
+        whole = PhotoFaces(to_tensor(photo).to(device), landmarks, seed=base, boxes=boxes)
+        return [(whole, None, list(range(len(found))))]
     jobs = []
     for k, ((_, idx), window) in enumerate(zip(groups, windows)):
         x0, y0 = window[:2]
@@ -117,7 +142,8 @@ def _jobs(
         shift = torch.tensor([x0, y0], dtype=landmarks.dtype, device=landmarks.device)
         box_shift = torch.tensor([x0, y0, x0, y0], dtype=torch.float64)
         part_seed = base if len(groups) == 1 else _group_seed(base, k)
-        jobs.append((PhotoFaces(piece, landmarks[rows] - shift, seed=part_seed, boxes=boxes[idx] - box_shift), window))
+        job = PhotoFaces(piece, landmarks[rows] - shift, seed=part_seed, boxes=boxes[idx] - box_shift)
+        jobs.append((job, window, list(idx)))
     return jobs
 
 

@@ -96,4 +96,6 @@ def enlarge_cloak(attack: Attack, job: PhotoFaces, small: PhotoFaces, result: Cl
         loss=result.loss,
         bound=region_bound[0],
         steps=result.steps,
+        variable=result.variable,
+        warm=result.warm,
     )

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cloak.attacks import Attack
 from cloak.builders import build_from_config
+from cloak.cloaking.reuse import IdentityMemory
 from cloak.detection import Face
 from cloak.device import resolve_device
 from cloak.evaluation.protocol.baselines import random_noise
@@ -255,7 +256,10 @@ class Experiment:
         )
         t0 = time.perf_counter()
         batch = int(self.cfg.cloak_batch_size)
-        cloaked, steps = cloak_in_batches(originals, faces, attack, model, self.device, batch, f"cloaking [{label}]")
+        memory = IdentityMemory() if cfg.get("reuse") else None
+        cloaked, steps = cloak_in_batches(
+            originals, faces, attack, model, self.device, batch, f"cloaking [{label}]", memory=memory
+        )
         setting.seconds = time.perf_counter() - t0
         setting.n_cloaked = sum(bool(f) for f in faces)
         setting.mean_steps = float(np.mean([n for n, f in zip(steps, faces) if f] or [0]))

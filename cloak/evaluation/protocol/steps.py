@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from cloak.attacks import Attack
 from cloak.cloaking.groups import cloak_photos
+from cloak.cloaking.reuse import IdentityMemory
 from cloak.detection import Face, FaceDetector
 from cloak.evaluation.protocol.cache import EmbeddingCache, PhotoEmbedder
 from cloak.evaluation.protocol.dataset import ExperimentPhotos, enlarge, select_photos
@@ -165,6 +166,7 @@ def cloak_in_batches(
     batch_size: int,
     desc: str,
     on_batch: Callable[[int, list[np.ndarray]], None] | None = None,
+    memory: IdentityMemory | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """``photos`` cloaked ``batch_size`` at a time (photos without faces unchanged), and each one's steps.
 
@@ -174,6 +176,7 @@ def cloak_in_batches(
         batch_size: photos per batch.
         desc: the progress bar's label.
         on_batch: called after each batch with its first photo's index and its cloaked photos.
+        memory: people seen so far and their cloaks (:mod:`cloak.cloaking.reuse`); None: none reused.
     """
     out: list[np.ndarray] = []
     steps: list[int] = []
@@ -183,7 +186,14 @@ def cloak_in_batches(
             chunk = slice(start, start + batch_size)
             taken: list[int] = []
             fresh = cloak_photos(
-                photos[chunk], faces[chunk], attack, model, device, progress=bar.update, steps_taken=taken
+                photos[chunk],
+                faces[chunk],
+                attack,
+                model,
+                device,
+                progress=bar.update,
+                steps_taken=taken,
+                memory=memory,
             )
             out += fresh
             steps += taken
