@@ -3,11 +3,15 @@
 Never writes into the input folder, never overwrites an existing copy unless
 ``overwrite=true`` (a re-run skips photos already done), writes atomically, and
 goes on past unreadable photos, reporting them by name (exit status 1).
+
+Each photo's entry in ``report.json`` is recorded with its copy (:mod:`cloak.run_report`),
+Ctrl-C and SIGTERM end a run the same way (exit status 130, the report written;
+:mod:`cloak.interrupts`), and a re-run lists every copy already in the output folder,
+those no run recorded included (``copy_unrecorded``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from tqdm import tqdm
 from cloak.builders import Parts, build_from_config
 from cloak.cloaking.groups import cloak_photos
 from cloak.imaging.preview import side_by_side
+from cloak.interrupts import StopOnSigterm, Terminated
 from cloak.measurement import FaceReport, PhotoReport, measure
 from cloak.photos import (
     CloakIOError,
@@ -31,14 +36,21 @@ from cloak.photos import (
     load_photo,
     resolve_output_dir,
     save_photo,
-    write_bytes,
     write_png,
 )
 from cloak.resources import StageTimer, bound_kernel_cache, release_free_memory
+from cloak.run_report import (
+    REPORT_NAME,
+    UNRECORDED,
+    RunReport,
+    cloaked_entry,
+    failed_entry,
+    no_face_entry,
+    unrecorded_entry,
+)
 
 log = logging.getLogger("cloak")
 
-REPORT_NAME = "report.json"
 PREVIEW_DIR = "previews"
 
 
@@ -59,6 +71,7 @@ class Outcome:
     cloaked: dict[str, PhotoReport] = field(default_factory=dict)
     no_face: list[str] = field(default_factory=list)
     skipped_done: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -131,6 +144,8 @@ class _Job:
     root: Path
     preview: bool
     timer: StageTimer
+    report: RunReport
+    stopper: StopOnSigterm = field(default_factory=StopOnSigterm)
     outcome: Outcome = field(default_factory=Outcome)
 
     @property
@@ -140,6 +155,18 @@ class _Job:
         return dict(
             jpeg_quality=int(cfg.jpeg_quality), jpeg_subsampling=str(cfg.jpeg_subsampling), metadata=str(cfg.metadata)
         )
+
+    def fail(self, rel: Path, err: Exception) -> None:
+        """Records and logs a photo that could not be read or written."""
+        self.outcome.failed[str(rel)] = str(err)
+        self.report.add(str(rel), failed_entry(str(err)))
+
+
+def _settings(cfg: DictConfig) -> dict:
+    """The run's settings, at the top of ``report.json``."""
+    settings = {k: cfg[k] for k in ("jpeg_quality", "jpeg_subsampling", "metadata", "seed")}
+    settings.update(attack=cfg.attack._target_, strength=dict(cfg.strength), model=cfg.model._target_)
+    return settings
 
 
 def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
@@ -163,23 +190,25 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
         cfg.strength.eps,
         parts.device,
     )
-    job = _Job(cfg, parts, source, output, root, preview, timer)
+    job = _Job(cfg, parts, source, output, root, preview, timer, RunReport(output, _settings(cfg)))
     outcome = job.outcome
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
     try:
-        _cloak_all(job, bar)
-    except KeyboardInterrupt:
+        with job.stopper:  # SIGTERM (a shutdown, a closed session, kill) stops the run as Ctrl-C does
+            _cloak_all(job, bar)
+    except KeyboardInterrupt as stop:
         bar.close()
-        _write_report(output, outcome, cfg)
+        job.report.write()
         log.warning(
-            "Interrupted: %d photo(s) cloaked and written to %s; run the same command again to cloak the rest",
+            "%s: %d photo(s) cloaked and written to %s; run the same command again to cloak the rest",
+            "Stopped (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted",
             len(outcome.cloaked),
             output,
         )
         return 130
     bar.close()
     with timer.stage("report"):
-        _write_report(output, outcome, cfg)
+        job.report.write()
     _summarise(outcome, output)
     log.debug("Time per stage: %s", timer.summary())
     return 1 if outcome.failed else 0
@@ -196,10 +225,6 @@ def _cloak_all(job: _Job, bar: tqdm) -> None:
         if len(pending) >= int(job.cfg.batch_size):
             _cloak_batch(pending, job, bar)
             pending = []
-            # What is done stays done: the report follows every batch, so a killed run
-            # leaves an accurate one, and the re-run skips the photos already written.
-            with job.timer.stage("report"):
-                _write_report(job.output, job.outcome, job.cfg)
             release_free_memory()  # what the batch freed goes back: memory stays flat over a library
     if pending:
         _cloak_batch(pending, job, bar)
@@ -212,6 +237,9 @@ def _prepare(job: _Job, path: Path) -> Pending | None:
     dest = destination_for(path, job.source, job.output)
     if dest.exists() and not cfg.overwrite:
         outcome.skipped_done.append(str(rel))
+        if not job.report.has_copy(str(rel)):  # listed, never dropped: its record was lost
+            outcome.unrecorded.append(str(rel))
+            job.report.add(str(rel), unrecorded_entry())
         return None
     try:
         with timer.stage("decode"):
@@ -219,31 +247,35 @@ def _prepare(job: _Job, path: Path) -> Pending | None:
         with timer.stage("detect"):
             faces = job.parts.detector.detect(loaded.rgb)
     except (CloakIOError, OSError, ValueError) as err:
-        outcome.failed[str(rel)] = str(err)
+        job.fail(rel, err)
         log.error("Failed: %s", err)
         return None
     if not faces:
         outcome.no_face.append(str(rel))
-        if cfg.no_face == "copy":
-            with timer.stage("copy"):
-                _guard(outcome, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **job.save_kw))
+        copy, kept, kw = cfg.no_face == "copy", True, job.save_kw
+        with job.stopper.critical():  # the copy and its record together
+            if copy:
+                with timer.stage("copy"):
+                    kept = _guard(job, rel, lambda: copy_unchanged(loaded, dest, overwrite=bool(cfg.overwrite), **kw))
+            if kept:
+                job.report.add(str(rel), no_face_entry(copy))
         return None
     return Pending(path, dest, loaded, faces)
 
 
-def _guard(outcome: Outcome, rel: Path, action) -> bool:
+def _guard(job: _Job, rel: Path, action) -> bool:
     """Runs a write; records and logs a failure instead of stopping the run."""
     try:
         action()
         return True
     except (CloakIOError, OSError, ValueError) as err:
-        outcome.failed[str(rel)] = str(err)
+        job.fail(rel, err)
         log.error("Failed to write %s: %s", rel, err)
         return False
 
 
 def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
-    """Cloaks a batch of photos, writes each copy (and its preview) and measures it."""
+    """Cloaks a batch of photos; measures each, then writes its copy and its record together, then its preview."""
     parts, cfg, outcome, timer, save_kw = job.parts, job.cfg, job.outcome, job.timer, job.save_kw
     n_faces = sum(len(p.faces) for p in pending)
     bar.set_postfix_str(f"{n_faces} face(s) in {len(pending)} photo(s)")
@@ -267,44 +299,30 @@ def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
     timer.count("face_steps", sum(len(p.faces) * n for p, n in zip(pending, taken)))
     for p, image in zip(pending, cloaked):
         rel = p.path.relative_to(job.root)
-        with timer.stage("encode"):
-            written = _guard(
-                outcome, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
-            )
-        if not written:
-            continue
+        # Measured first, so the copy and its record are written one right after the other.
         with timer.stage("measure"):
-            outcome.cloaked[str(rel)] = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device, parts.attack)
+            report = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device, parts.attack)
+        with job.stopper.critical():  # SIGTERM waits for both; a kill between them: copy_unrecorded
+            with timer.stage("encode"):
+                written = _guard(
+                    job, rel, lambda: save_photo(image, p.loaded, p.dest, overwrite=bool(cfg.overwrite), **save_kw)
+                )
+            if not written:
+                continue
+            outcome.cloaked[str(rel)] = report
+            job.report.add(str(rel), cloaked_entry(report))
         timer.count("photos")
         if job.preview:
             png = job.output / PREVIEW_DIR / rel.with_suffix(".png")
-            report = outcome.cloaked[str(rel)]
             label = f"face SSIM {report.face_ssim:.3f}, p5 {report.face_ssim_p5:.3f}" if report.face_ssim else None
             with timer.stage("preview"):
                 _guard(
-                    outcome,
+                    job,
                     rel,
                     lambda: write_png(
                         side_by_side(p.loaded.rgb, image, label=label), png, overwrite=bool(cfg.overwrite)
                     ),
                 )
-
-
-def _write_report(output: Path, outcome: Outcome, cfg: DictConfig) -> None:
-    """``report.json``: this run's photos, merged over the reports of earlier runs into the same folder."""
-    path = output / REPORT_NAME
-    photos: dict = {}
-    if path.is_file():
-        try:
-            photos = json.loads(path.read_text()).get("photos", {})
-        except (OSError, ValueError):
-            log.warning("Could not read the earlier %s; it is replaced", path)
-    photos.update({rel: {"status": "cloaked", **rep.to_dict()} for rel, rep in outcome.cloaked.items()})
-    photos.update({rel: {"status": "no_face", "copied": cfg.no_face == "copy"} for rel in outcome.no_face})
-    photos.update({rel: {"status": "failed", "error": err} for rel, err in outcome.failed.items()})
-    settings = {k: cfg[k] for k in ("jpeg_quality", "jpeg_subsampling", "metadata", "seed")}
-    settings.update(attack=cfg.attack._target_, strength=dict(cfg.strength), model=cfg.model._target_)
-    write_bytes(json.dumps({"settings": settings, "photos": photos}, indent=2).encode(), path, overwrite=True)
 
 
 def _summarise(outcome: Outcome, output: Path) -> None:
@@ -322,6 +340,15 @@ def _summarise(outcome: Outcome, output: Path) -> None:
             "%d photo(s) already cloaked in %s were skipped (overwrite=true redoes them)",
             len(outcome.skipped_done),
             output,
+        )
+    if outcome.unrecorded:
+        log.warning(
+            "%d copy(ies) in %s had no record of their measurements (a run was stopped between writing and "
+            "recording them); report.json lists them as %s: %s",
+            len(outcome.unrecorded),
+            output,
+            UNRECORDED,
+            ", ".join(outcome.unrecorded),
         )
     for rel, err in outcome.failed.items():
         log.error("FAILED %s: %s", rel, err)
