@@ -64,7 +64,9 @@ class FaceReport:
 
     ``margin_jpeg75[model]`` is ``distance_jpeg75 / threshold``: past 1, the model no
     longer matches the face after JPEG. ``limit_use[limit]`` is the share of each of the
-    cloak's visibility limits the face used (:func:`limit_use`; 1 = all of it).
+    cloak's visibility limits the face used (:func:`limit_use`; 1 = all of it). ``steps``: the
+    optimisation steps its cloak took; ``warm_start``: whether it started from the cloak of the
+    same person's earlier face (:mod:`cloak.cloaking.reuse`); both None where not recorded.
     """
 
     box: list[float]
@@ -80,6 +82,8 @@ class FaceReport:
     shading: float | None = None
     margin_jpeg75: dict[str, float] = field(default_factory=dict)
     limit_use: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+    warm_start: bool | None = None
 
 
 def limit_use(

@@ -17,15 +17,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from cloak.builders import Parts, build_from_config
-from cloak.cloaking.groups import cloak_photos
+from cloak.cloaking.groups import FaceSteps, cloak_photos
+from cloak.cloaking.reuse import IdentityMemory
 from cloak.imaging.preview import side_by_side
 from cloak.interrupts import StopOnSigterm, Terminated
-from cloak.measurement import FaceReport, PhotoReport, measure
+from cloak.measurement import measure
 from cloak.photos import (
     CloakIOError,
     LoadedPhoto,
@@ -40,14 +40,13 @@ from cloak.photos import (
 )
 from cloak.resources import StageTimer, bound_kernel_cache, release_free_memory
 from cloak.run_report import (
-    REPORT_NAME,
-    UNRECORDED,
     RunReport,
     cloaked_entry,
     failed_entry,
     no_face_entry,
     unrecorded_entry,
 )
+from cloak.run_summary import Outcome, summarise
 
 log = logging.getLogger("cloak")
 
@@ -62,17 +61,6 @@ class Pending:
     dest: Path
     loaded: LoadedPhoto
     faces: list
-
-
-@dataclass
-class Outcome:
-    """What happened to each photo of a run."""
-
-    cloaked: dict[str, PhotoReport] = field(default_factory=dict)
-    no_face: list[str] = field(default_factory=list)
-    skipped_done: list[str] = field(default_factory=list)
-    unrecorded: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 def demo_input(folder: Path) -> Path:
@@ -147,6 +135,7 @@ class _Job:
     report: RunReport
     stopper: StopOnSigterm = field(default_factory=StopOnSigterm)
     outcome: Outcome = field(default_factory=Outcome)
+    memory: IdentityMemory | None = None
 
     @property
     def save_kw(self) -> dict:
@@ -191,6 +180,7 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
         parts.device,
     )
     job = _Job(cfg, parts, source, output, root, preview, timer, RunReport(output, _settings(cfg)))
+    job.memory = IdentityMemory() if cfg.get("reuse") else None
     outcome = job.outcome
     bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
     try:
@@ -209,7 +199,7 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
     bar.close()
     with timer.stage("report"):
         job.report.write()
-    _summarise(outcome, output)
+    summarise(outcome, output)
     log.debug("Time per stage: %s", timer.summary())
     return 1 if outcome.failed else 0
 
@@ -282,6 +272,7 @@ def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
     steps = tqdm(total=parts.attack.steps, unit="step", desc="  optimising", leave=False, disable=None)
 
     taken: list[int] = []
+    per_face: list[list[FaceSteps]] = []
     with timer.stage("cloak"):
         cloaked = cloak_photos(
             [p.loaded.rgb for p in pending],
@@ -291,17 +282,21 @@ def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
             parts.device,
             steps.update,
             steps_taken=taken,
+            memory=job.memory,
+            face_steps=per_face,
         )
     steps.close()
     timer.count("faces", n_faces)
     # The optimisation steps each face took (fewer than asked where a photo stopped early).
     timer.count("steps", max(taken, default=0))
-    timer.count("face_steps", sum(len(p.faces) * n for p, n in zip(pending, taken)))
-    for p, image in zip(pending, cloaked):
+    timer.count("face_steps", sum(f.steps for faces in per_face for f in faces))
+    for p, image, face_steps in zip(pending, cloaked, per_face):
         rel = p.path.relative_to(job.root)
         # Measured first, so the copy and its record are written one right after the other.
         with timer.stage("measure"):
             report = measure(p.loaded.rgb, image, p.faces, parts.model, parts.device, parts.attack)
+        for face, done in zip(report.faces, face_steps):
+            face.steps, face.warm_start = done.steps, done.warm
         with job.stopper.critical():  # SIGTERM waits for both; a kill between them: copy_unrecorded
             with timer.stage("encode"):
                 written = _guard(
@@ -323,112 +318,3 @@ def _cloak_batch(pending: list[Pending], job: _Job, bar: tqdm) -> None:
                         side_by_side(p.loaded.rgb, image, label=label), png, overwrite=bool(cfg.overwrite)
                     ),
                 )
-
-
-def _summarise(outcome: Outcome, output: Path) -> None:
-    """Logs a per-photo table and a one-line verdict."""
-    if outcome.cloaked:
-        models = sorted({m for rep in outcome.cloaked.values() for f in rep.faces for m in f.distance})
-        _log_table(outcome.cloaked, models)
-        faces = [f for rep in outcome.cloaked.values() for f in rep.faces]
-        _log_quality(outcome.cloaked, faces)
-        _log_models(faces, models)
-    if outcome.no_face:
-        log.info("%d photo(s) had no face: %s", len(outcome.no_face), ", ".join(outcome.no_face))
-    if outcome.skipped_done:
-        log.info(
-            "%d photo(s) already cloaked in %s were skipped (overwrite=true redoes them)",
-            len(outcome.skipped_done),
-            output,
-        )
-    if outcome.unrecorded:
-        log.warning(
-            "%d copy(ies) in %s had no record of their measurements (a run was stopped between writing and "
-            "recording them); report.json lists them as %s: %s",
-            len(outcome.unrecorded),
-            output,
-            UNRECORDED,
-            ", ".join(outcome.unrecorded),
-        )
-    for rel, err in outcome.failed.items():
-        log.error("FAILED %s: %s", rel, err)
-    log.info("Cloaked %d photo(s) -> %s (report: %s)", len(outcome.cloaked), output, output / REPORT_NAME)
-
-
-def _log_table(cloaked: dict[str, PhotoReport], models: list[str]) -> None:
-    """One row per cloaked photo: its faces' visibility figures and each model's distances."""
-    # The faces first: that is where the cloak is and what people look at; the whole photo
-    # (mostly untouched background) dilutes it.
-    header = ["photo", "faces", "shading", "face SSIM / p5", "photo SSIM", "PSNR"] + [
-        f"{m} dist / JPEG75 (thr)" for m in models
-    ]
-    rows = []
-    for rel, rep in cloaked.items():
-        face = f"{rep.face_ssim:.3f} / {rep.face_ssim_p5:.3f}" if rep.face_ssim is not None else "-"
-        shade = f"{rep.face_shading:.2f}" if rep.face_shading is not None else "-"
-        row = [rel, str(len(rep.faces)), shade, face, f"{rep.ssim:.3f}", f"{rep.psnr:.1f}"]
-        for m in models:
-            d = min(f.distance[m] for f in rep.faces)
-            j = min(f.distance_jpeg75[m] for f in rep.faces)
-            thr = rep.faces[0].threshold[m]
-            row.append(f"{d:.2f} / {j:.2f}" + (f" ({thr:.2f})" if thr is not None else ""))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        log.info("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    log.info(
-        "dist: how far each model sees the photo's least-moved face from the original, as written and after "
-        "JPEG q75; beyond (thr), the model's same-person threshold, it takes them for two people"
-    )
-
-
-def _log_quality(cloaked: dict[str, PhotoReport], faces: list[FaceReport]) -> None:
-    """The faces' shading, SSIM and colour shift over the run, and the whole photos' SSIM."""
-    shaded = [f.shading for f in faces if f.shading is not None]
-    if shaded:
-        # SSIM barely sees smooth changes of light and tone; this is the number that does.
-        log.info(
-            "Face shading (CIEDE2000 after a blur; about 1 starts to show side by side): mean %.2f, largest %.2f",
-            np.mean(shaded),
-            max(shaded),
-        )
-    measured = [f for f in faces if f.ssim is not None]
-    if measured:
-        log.info(
-            "Face regions (box + 10%%): mean SSIM %.3f, mean 5th-percentile local SSIM %.3f (lowest %.3f); "
-            "whole photos: mean SSIM %.3f",
-            np.mean([f.ssim for f in measured]),
-            np.mean([f.ssim_p5 for f in measured]),
-            min(f.ssim_p5 for f in measured),
-            np.mean([rep.ssim for rep in cloaked.values()]),
-        )
-    tinted = [f.color_shift for f in faces if f.color_shift is not None]
-    if tinted:
-        # SSIM is blind to tints (green irises, magenta cheeks); this is the number that sees them.
-        log.info(
-            "Face colour shift (CIELAB a*b*, blurred; about 1 starts to show): mean %.2f, largest %.2f",
-            np.mean(tinted),
-            max(tinted),
-        )
-
-
-def _log_models(faces: list[FaceReport], models: list[str]) -> None:
-    """Per model, the share of faces beyond its same-person threshold after JPEG, and what that does not show."""
-    for m in models:
-        thr = faces[0].threshold[m]
-        if thr is not None:
-            beyond = np.mean([f.distance_jpeg75[m] > thr for f in faces])
-            log.info(
-                "%s: %.0f%% of %d cloaked face(s) stay beyond its same-person threshold (%.2f) after JPEG q75",
-                m,
-                100 * beyond,
-                len(faces),
-                thr,
-            )
-    if faces:
-        # Beyond the threshold is what one photo can show; whether a tracker that learns
-        # from many photos still recognises the person is what experiments/ measures.
-        log.info(
-            "Past the threshold is necessary, not sufficient: a tracker trained on several of your "
-            "photos, or running another model, may still recognise you. How often it does: README, 'Limits'."
-        )
