@@ -7,7 +7,10 @@
 - ``models``: the face models' forward+backward time, their agreement with the pipelines
   they re-implement and their verification AUC (:mod:`benches.models`);
 - ``library``: memory over a photo library of 1,000 photos (:mod:`benches.library`);
-- ``web``: the web page's time from drop to result and its memory (:mod:`benches.web`).
+- ``web``: the web page's time from drop to result and its memory (:mod:`benches.web`);
+- ``album`` and ``strangers``: seconds and steps per face over an album of a few people and
+  a folder of strangers, with and without reusing a person's cloak, and the models' share
+  of the time (:mod:`benches.amortised`).
 
 Usage:
     uv run python scripts/bench.py SUBCOMMAND [options and Hydra overrides]
@@ -20,7 +23,7 @@ import importlib
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("cloak", "protection", "models", "library", "web")
+SUBCOMMANDS = ("cloak", "protection", "models", "library", "web", "album", "strangers")
 
 
 def main(argv: list[str] | None = None) -> int:
