@@ -85,7 +85,9 @@ def test_the_checks_see_what_they_check():
     sources = {_name(p) for p in _sources()}
     assert {"cloak/api.py", "scripts/bench.py", "experiments/run.py", "cloak/models/dlib_format.py"} <= sources
     assert set(over_limits()) <= set(KNOWN_OVER)
-    # The attack loop is 70 lines and the attack module about 440: tighter limits must see them.
+    # The attack's constructor is about 67 lines and the attack module about 450: tighter limits must see them.
     tighter = over_limits(module_lines=400, function_lines=60)
-    assert "cloak/attacks/base.py:_run" in tighter, "no function measured"
+    assert "cloak/attacks/base.py:Attack.__init__" in tighter or "cloak/attacks/base.py:__init__" in tighter, (
+        "no function measured"
+    )
     assert "cloak/attacks/base.py" in tighter, "no module measured"

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from cloak.alignment import warp_crops
 from cloak.attacks.budget import CloakShape, FaceBudget, check_limits, check_shape, require
 from cloak.attacks.masking import VisualMasking, chroma_map
-from cloak.attacks.regions import PhotoFaces, Region, face_region
+from cloak.attacks.regions import CloakResult, PhotoFaces, Region, face_region
 from cloak.attacks.steps import STEP_SCHEDULES, EarlyStop, frozen, settled_sign, step_sizes
 from cloak.device import bfloat16_autocast
 from cloak.models.base import FaceEmbedder
@@ -40,34 +39,6 @@ Views = dict[str, tuple[FaceEmbedder, float]]
 #: Visual masking of the background's cap (``background_eps``): full in hair and texture,
 #: a quarter on flat walls and sky.
 BACKGROUND_MASKING = VisualMasking()
-
-
-@dataclass
-class CloakResult:
-    """What an attack returns for one photo.
-
-    Attributes:
-        photo: ``[3, H, W]`` cloaked photo in ``[0, 1]``, full resolution.
-        box: ``(x0, y0, x1, y1)`` of the region the cloak covers.
-        dssim: the region's DSSIM against the original.
-        loss: the attack's final loss per face (lower is better for the attack).
-        bound: ``[1, h, w]``: the most each pixel of the region may move (``eps`` times
-            the visual-masking map and the region's feathered mask), in ``[0, 1]`` units.
-        steps: the optimisation steps this photo took (fewer than asked when it stopped early).
-        variable: ``[1, C, h, w]``: the optimised variable at the end, in region pixels
-            (before the final shrink): what a later face of the same person may start from
-            (:mod:`cloak.cloaking.reuse`).
-        warm: whether the photo started from a given start (:attr:`PhotoFaces.start`).
-    """
-
-    photo: torch.Tensor
-    box: tuple[int, int, int, int]
-    dssim: float
-    loss: list[float]
-    bound: torch.Tensor | None = None
-    steps: int = 0
-    variable: torch.Tensor | None = None
-    warm: bool = False
 
 
 class Attack:
@@ -268,15 +239,15 @@ class Attack:
             self._start(p, r, s, c, g).requires_grad_(True)
             for p, r, s, c, g in zip(photos, regions, shapes, clean, gens)
         ]
-        warm = [p.start is not None for p in photos]
-        limits = [self.warm_steps if w else self.steps for w in warm]
-        stopping = EarlyStop(self, [len(p.landmarks) for p in photos], limits)
-        cold_sizes = step_sizes(self.step_size, self.steps, self.step_schedule)
-        warm_sizes = step_sizes(self.warm_step_size, self.warm_steps, self.step_schedule)
+        # A photo that starts from a given start (a warm one) takes warm_steps of their own size.
+        cold = step_sizes(self.step_size, self.steps, self.step_schedule)
+        warm = step_sizes(self.warm_step_size, self.warm_steps, self.step_schedule)
+        sizes = [warm if p.start is not None else cold for p in photos]
+        stopping = EarlyStop(self, [len(p.landmarks) for p in photos], [len(s) for s in sizes])
         # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
 
-        for step in range(max(limits, default=0)):
+        for step in range(max(map(len, sizes), default=0)):
             active = self.active_views(views, step_gen)
             live = stopping.live()
             if not live:
@@ -303,32 +274,45 @@ class Attack:
             stopping.update(live, active, per_view, step)
             with torch.no_grad():
                 for i, t, g in zip(live, taken, grads):
-                    deltas[i] -= (warm_sizes if warm[i] else cold_sizes)[t] * settled_sign(g)
+                    deltas[i] -= sizes[i][t] * settled_sign(g)
                     deltas[i].clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)
         if progress is not None and self.steps > stopping.steps_run:
             progress(self.steps - stopping.steps_run)  # the steps no photo needed
 
-        results = []
-        with torch.no_grad():
-            final = [b.shrink(c, s.delta(d), s.bound(self.eps)) for b, s, c, d in zip(budgets, shapes, clean, deltas)]
-            losses = self._loss(views, final, regions, [Distortion()] * len(final), refs)
-            sizes = [len(p.landmarks) for p in photos]
-            for i, (p, r, a, c, s, fl) in enumerate(zip(photos, regions, final, clean, shapes, losses.split(sizes))):
-                results.append(
-                    CloakResult(
-                        photo=r.paste(p.photo, a[0]),
-                        box=r.box,
-                        dssim=float(dssim(a, c)[0]),
-                        loss=fl.tolist(),
-                        bound=s.bound(self.eps)[0],
-                        steps=stopping.steps_taken[i],
-                        variable=deltas[i].detach(),
-                        warm=warm[i],
-                    )
-                )
-        return results
+        return self._finish(views, photos, regions, clean, shapes, budgets, deltas, refs, stopping.steps_taken)
+
+    @torch.no_grad()
+    def _finish(
+        self,
+        views: Views,
+        photos: list[PhotoFaces],
+        regions: list[Region],
+        clean: list[torch.Tensor],
+        shapes: list[CloakShape],
+        budgets: list[FaceBudget],
+        deltas: list[torch.Tensor],
+        refs: dict[str, torch.Tensor],
+        steps_taken: list[int],
+    ) -> list[CloakResult]:
+        """Each photo's cloak shrunk into its budget, pasted back at full resolution, with its final loss."""
+        final = [b.shrink(c, s.delta(d), s.bound(self.eps)) for b, s, c, d in zip(budgets, shapes, clean, deltas)]
+        losses = self._loss(views, final, regions, [Distortion()] * len(final), refs)
+        per_photo = losses.split([len(p.landmarks) for p in photos])
+        return [
+            CloakResult(
+                photo=r.paste(p.photo, a[0]),
+                box=r.box,
+                dssim=float(dssim(a, c)[0]),
+                loss=fl.tolist(),
+                bound=s.bound(self.eps)[0],
+                steps=n,
+                variable=d.detach(),
+                warm=p.start is not None,
+            )
+            for p, r, a, c, s, fl, d, n in zip(photos, regions, final, clean, shapes, per_photo, deltas, steps_taken)
+        ]
 
     def _start(
         self, photo: PhotoFaces, region: Region, shape: CloakShape, clean: torch.Tensor, gen: torch.Generator

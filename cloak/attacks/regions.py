@@ -149,3 +149,31 @@ def face_region(
         m[:, :, 2] -= shift
         matrices[name] = m
     return Region(box=(x0, y0, x1, y1), mask=mask, matrices=matrices)
+
+
+@dataclass
+class CloakResult:
+    """What an attack returns for one photo.
+
+    Attributes:
+        photo: ``[3, H, W]`` cloaked photo in ``[0, 1]``, full resolution.
+        box: ``(x0, y0, x1, y1)`` of the region the cloak covers.
+        dssim: the region's DSSIM against the original.
+        loss: the attack's final loss per face (lower is better for the attack).
+        bound: ``[1, h, w]``: the most each pixel of the region may move (``eps`` times
+            the visual-masking map and the region's feathered mask), in ``[0, 1]`` units.
+        steps: the optimisation steps this photo took (fewer than asked when it stopped early).
+        variable: ``[1, C, h, w]``: the optimised variable at the end, in region pixels
+            (before the final shrink): what a later face of the same person may start from
+            (:mod:`cloak.cloaking.reuse`).
+        warm: whether the photo started from a given start (:attr:`PhotoFaces.start`).
+    """
+
+    photo: torch.Tensor
+    box: tuple[int, int, int, int]
+    dssim: float
+    loss: list[float]
+    bound: torch.Tensor | None = None
+    steps: int = 0
+    variable: torch.Tensor | None = None
+    warm: bool = False
