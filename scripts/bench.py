@@ -7,7 +7,8 @@
 - ``models``: the face models' forward+backward time, their agreement with the pipelines
   they re-implement and their verification AUC (:mod:`benches.models`);
 - ``library``: memory over a photo library of 1,000 photos (:mod:`benches.library`);
-- ``web``: the web page's time from drop to result and its memory (:mod:`benches.web`).
+- ``web``: the web page's time from drop to result and its memory (:mod:`benches.web`);
+- ``ray``: the Ray runner's photos per second against the local runner's (:mod:`benches.ray`).
 
 Usage:
     uv run python scripts/bench.py SUBCOMMAND [options and Hydra overrides]
@@ -20,7 +21,7 @@ import importlib
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("cloak", "protection", "models", "library", "web")
+SUBCOMMANDS = ("cloak", "protection", "models", "library", "web", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,9 @@ GROUPS = {
     "strength": Attack,
     "runner": Runner,
 }
-#: Folders of configs/ that are no cloak group: the experiments' settings, and files the entry points share.
-NOT_GROUPS = {"experiment", "common"}
+#: Folders of configs/ that are no cloak group: the experiments' settings, files the entry points share,
+#: and Hydra's own groups (the example Slurm launcher: tests/test_launchers.py).
+NOT_GROUPS = {"experiment", "common", "hydra"}
 
 
 def _choices(group: str) -> list[str]:

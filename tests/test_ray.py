@@ -1,7 +1,7 @@
 """``runner=ray``: the same copies and report as the local runner, retries after a dead worker, and a clear refusal.
 
-The cluster tests need the ``ray`` extra (``uv sync --extra ray``) and lfw-dev; they skip
-without them. The refusal and the actors' own steps run without Ray.
+The cluster tests need the ``ray`` extra (``uv sync --extra ray``) and lfw-dev, skip without
+them, and are marked slow (``uv run pytest -m slow tests/test_ray.py``). The refusal and the actors' own steps run without Ray.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def _cloak_locally(folder: Path, out: Path) -> int:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # about 40 s with the cluster's start: `uv run pytest -m slow tests/test_ray.py`
 def test_ray_gives_the_local_runners_copies_and_report(cluster, four_photos, tmp_path):
     cluster.touch()  # no worker dies here
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
@@ -149,6 +150,7 @@ def test_ray_gives_the_local_runners_copies_and_report(cluster, four_photos, tmp
     assert _report(ray_out) == _report(local_out)
 
 
+@pytest.mark.slow  # about 40 s
 def test_a_worker_killed_mid_run_loses_no_photo(cluster, four_photos, tmp_path):
     cluster.unlink(missing_ok=True)  # the first worker to write a batch dies before reporting it
     out = tmp_path / "ray"
