@@ -98,11 +98,12 @@ def _multirun(launcher: str, sweep_dir: Path, lfw: Path, *extra: str) -> subproc
 @pytest.fixture(scope="module")
 def in_process_sweep(lfw_dev, tmp_path_factory) -> Path:
     """The same two settings as one in-process sweep (``sweep=[[strength=low], [strength=mid]]``)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="uv sync --extra launchers")
     from cloak.config import load_config
     from experiments.run import run
 
     out = tmp_path_factory.mktemp("in-process")
-    overrides = [f"data.root={lfw_dev}", *CHEAP, "sweep=[[strength=low],[strength=mid]]", f"output_dir={out}"]
+    overrides = [f"data.root={lfw_dev}", *CHEAP, "sweep=[['strength=low'],['strength=mid']]", f"output_dir={out}"]
     run(load_config(overrides, config_name="evaluate"), overrides)
     return out / "results.json"
 

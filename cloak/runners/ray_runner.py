@@ -45,28 +45,30 @@ def run_on_ray(runner: RayRunner, cfg: DictConfig, source: Path, output: Path, p
             outcome.skipped_done.append(str(path.relative_to(root)))
         else:
             todo.append(str(path))
-    interrupted = False
+    stopped = None
     if todo:
         with timer.stage("ray"):
-            interrupted = _on_cluster(runner, cfg, todo, (source, output, preview), outcome)
+            stopped = _on_cluster(runner, cfg, todo, (source, output, preview), outcome)
     final = in_order(outcome, [str(p.relative_to(root)) for p in listing.photos])
     with timer.stage("report"):
         _write_report(output, final, cfg)
-    if interrupted:
+    if stopped is not None:
         log.warning(
-            "Interrupted: %d photo(s) cloaked and written to %s; run again to cloak the rest",
+            "%s: %d photo(s) cloaked and written to %s; run the same command again to cloak the rest",
+            "Interrupted" if stopped == 130 else "The run stopped",
             len(final.cloaked),
             output,
         )
-        return 130
+        return stopped
     _summarise(final, output)
     return 1 if final.failed else 0
 
 
-def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tuple, outcome: Outcome) -> bool:
+def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tuple, outcome: Outcome) -> int | None:
     """Cloaks ``todo`` on the cluster (started here when ``runner.address`` is null), filling ``outcome``.
 
-    Returns whether the run was interrupted (Ctrl-C).
+    Returns ``None`` when every photo came back, else the run's exit status: 130 on Ctrl-C, 1
+    when the cluster gave up (an actor that cannot start, a batch out of retries: logged).
     """
     import ray
 
@@ -81,11 +83,15 @@ def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tupl
         )  # fmt: skip
         _gather(rows, cfg, where[1], outcome, total=len(todo))
     except KeyboardInterrupt:
-        return True
+        return 130
+    except Exception as err:  # Ray wraps what failed on the cluster in its own errors
+        lines = str(err).strip().splitlines()
+        log.error("The Ray run stopped: %s", lines[-1] if lines else repr(err))
+        return 1
     finally:
         if started:
             ray.shutdown()
-    return False
+    return None
 
 
 def init_kwargs(runner: RayRunner) -> dict:
