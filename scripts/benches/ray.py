@@ -5,11 +5,13 @@ them with the local runner (this process, torch's threads) and then with ``runne
 local cluster of ``--workers`` CPUs (one actor per CPU, one torch thread each), both with the
 same Hydra overrides. The cluster is started before the Ray run and timed apart; the Ray run's
 time includes its actors loading the models. Reports both runs' photos per second, their
-ratio (the target: at least 0.8), and how far the copies' pixels differ (0 with the same
-torch threads per process; a few pixels by one level otherwise, from float summation order).
+ratio (the target: at least 0.8), and how far the copies' pixels differ from the local run's
+(with ``--check-pixels``, also from a local run on one torch thread, as each worker runs: 0).
+Other thread counts sum floats in another order, and the optimisation carries those
+differences on: the copies differ by a few levels in some pixels.
 
 Usage:
-    uv run --extra ray python scripts/bench.py ray [hydra overrides] [--photos 16] [--workers 2] [--out DIR]
+    uv run --extra ray python scripts/bench.py ray [hydra overrides] [--photos 16] [--workers 2] [--check-pixels] [--out DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         ray_status, ray_s = timed_run([*common, *ray_over, f"output_dir={tmp / 'ray'}"])
     finally:
         ray.shutdown()
+    if args.check_pixels:  # the local runner on one torch thread, as each worker runs: the same pixels
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            timed_run([*common, f"output_dir={tmp / 'local1'}"])
+        finally:
+            torch.set_num_threads(threads)
+    if {local_status, ray_status} - {0, 1}:
+        raise RuntimeError(f"a run did not finish (local status {local_status}, ray status {ray_status})")
     n = args.photos
     return {
         "photos": n,
@@ -88,6 +101,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
         "ray_over_local": local_s / ray_s,
         "pixels": pixel_gap(tmp / "local", tmp / "ray"),
         "torch_threads_local": __import__("torch").get_num_threads(),
+        "pixels_vs_local_one_thread": pixel_gap(tmp / "local1", tmp / "ray") if args.check_pixels else None,
     }
 
 
@@ -102,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local cluster, one actor each")
     parser.add_argument("--target", type=float, default=0.8, help="least Ray throughput over the local runner's")
     parser.add_argument("--out", type=Path, default=None, help="write bench_ray.json here")
+    parser.add_argument(
+        "--check-pixels", action="store_true", help="also cloak locally on one torch thread and compare the copies"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("cloak").setLevel(logging.WARNING)
