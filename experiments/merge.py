@@ -39,13 +39,25 @@ SHARED = ("experiment", "data", "trackers", "transforms", "tracker_side_transfor
 
 
 def cell_files(sweep_dir: Path) -> list[Path]:
-    """The cells' ``results.json`` files, in job order (the number Hydra puts first in each folder's name)."""
+    """The cells' ``results.json`` files, in job order (the number Hydra puts first in each cell's folder).
+
+    A cell's folder may lie deeper than the sweep's first level: an override whose value is a
+    path (``data.root=/data/lfw``) puts slashes into Hydra's folder name.
+    """
+    sweep_dir = Path(sweep_dir)
 
     def order(path: Path) -> tuple[int, str]:
-        number = re.match(r"\d+", path.parent.name)
-        return (int(number.group()) if number else 1 << 30, path.parent.name)
+        rel = path.parent.relative_to(sweep_dir).as_posix()
+        number = re.match(r"\d+", rel)
+        return (int(number.group()) if number else 1 << 30, rel)
 
-    return sorted(Path(sweep_dir).glob("*/results.json"), key=order)
+    found = [p for p in sweep_dir.rglob("results.json") if p.parent != sweep_dir and ".submitit" not in p.parts]
+    return sorted(found, key=order)
+
+
+def cell_name(sweep_dir: Path, results: Path) -> str:
+    """A cell's name: its folder below the sweep folder."""
+    return results.parent.relative_to(sweep_dir).as_posix()
 
 
 def merge_results(cells: Sequence[ExperimentResults], names: Sequence[str] | None = None) -> ExperimentResults:
@@ -87,10 +99,11 @@ def merge_sweep(sweep_dir: Path, report: Any = None) -> dict[str, Path]:
 
     ``report``: the ``report`` section of the config (plots, metrics, tradeoff transforms).
     """
+    sweep_dir = Path(sweep_dir)
     files = cell_files(sweep_dir)
     if not files:
         raise FileNotFoundError(f"no cell of {sweep_dir} wrote a results.json (*/results.json)")
-    merged = merge_results([load_results(f) for f in files], [f.parent.name for f in files])
+    merged = merge_results([load_results(f) for f in files], [cell_name(sweep_dir, f) for f in files])
     report = report or {}
     written = write_report(
         merged,

@@ -36,12 +36,14 @@ def _cell(label: str) -> object:
 def test_cells_merge_into_one_sweep_in_job_order(tmp_path):
     for num, label in ((1, "mid"), (0, "low"), (10, "high")):
         write_report(_cell(label), tmp_path / f"{num}_strength={label}", plots=False)
-    assert [p.parent.name for p in cell_files(tmp_path)] == ["0_strength=low", "1_strength=mid", "10_strength=high"]
+    write_report(_cell("deep"), tmp_path / "2_data.root=" / "faces,strength=deep", plots=False)  # a path override
+    names = [p.parent.relative_to(tmp_path).as_posix() for p in cell_files(tmp_path)]
+    assert names == ["0_strength=low", "1_strength=mid", "2_data.root=/faces,strength=deep", "10_strength=high"]
     files = merge_sweep(tmp_path, {"plots": True, "metrics": ["knn1"], "tradeoff_transforms": ["none"]})
     merged = load_results(files["json"])
-    assert [s.label for s in merged.settings] == ["low", "mid", "high"]
-    assert len(merged.protection) == 3 * len(_cell("x").protection) and len(merged.quality) == 3 * 2
-    assert merged.seconds == 30.0 and list(merged.config["cells"]) == [p.parent.name for p in cell_files(tmp_path)]
+    assert [s.label for s in merged.settings] == ["low", "mid", "deep", "high"]
+    assert len(merged.protection) == 4 * len(_cell("x").protection) and len(merged.quality) == 4 * 2
+    assert merged.seconds == 40.0 and list(merged.config["cells"]) == names
     assert {"protection_png", "tradeoff_png", "markdown", "protection_csv"} <= set(files)
     assert "## Protection: mid" in files["markdown"].read_text()
 
@@ -118,7 +120,10 @@ def test_a_launchers_two_cells_give_the_in_process_sweep(launcher, extra, lfw_de
     proc = _multirun(launcher, tmp_path / "sweep", lfw_dev, *extra)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     cells = cell_files(tmp_path / "sweep")
-    assert [p.parent.name for p in cells] == ["0_strength=low", "1_strength=mid"], "each cell writes its own results"
+    names = [p.parent.relative_to(tmp_path / "sweep").as_posix() for p in cells]
+    assert len(names) == 2 and names[0].startswith("0_") and names[1].startswith("1_"), names
+    assert "strength=low" in names[0] and "strength=mid" in names[1], "each cell writes its own results"
+    assert "lfw" not in names[0], "data.root stays out of the cells' folder names"
     assert _comparable(tmp_path / "sweep" / "results.json") == _comparable(in_process_sweep)
     for name in ("protection.csv", "quality.csv", "report.md", "protection.png", "tradeoff.png"):
         assert (tmp_path / "sweep" / name).is_file(), name
