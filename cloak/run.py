@@ -118,6 +118,10 @@ def run(cfg: DictConfig, timer: StageTimer | None = None) -> int:
     except CloakIOError as err:
         log.error("%s", err)
         return 2
+    if cfg.get("runner") is not None and cfg.runner.name != "local":  # runner=ray: cloak.runners
+        from cloak.runners import run_elsewhere
+
+        return run_elsewhere(cfg, source, output, preview=bool(cfg.preview), timer=timer)
     return _run(cfg, source, output, preview=bool(cfg.preview), timer=timer)
 
 

@@ -10,7 +10,8 @@
 - ``web``: the web page's time from drop to result and its memory (:mod:`benches.web`);
 - ``album`` and ``strangers``: seconds and steps per face over an album of a few people and
   a folder of strangers, with and without reusing a person's cloak, and the models' share
-  of the time (:mod:`benches.amortised`).
+  of the time (:mod:`benches.amortised`);
+- ``ray``: the Ray runner's photos per second against the local runner's (:mod:`benches.ray`).
 
 Usage:
     uv run python scripts/bench.py SUBCOMMAND [options and Hydra overrides]
@@ -23,7 +24,7 @@ import importlib
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("cloak", "protection", "models", "library", "web", "album", "strangers")
+SUBCOMMANDS = ("cloak", "protection", "models", "library", "web", "album", "strangers", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from cloak.detection import FaceDetector
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble
 from cloak.models.weights import WeightsUnavailableError
+from cloak.runners import Runner
 from cloak.transforms import RobustTransform
 
 #: The config groups of the cloak and what each option builds (a strength: the attack that reads it).
@@ -23,9 +24,11 @@ GROUPS = {
     "detector": FaceDetector,
     "transform": RobustTransform,
     "strength": Attack,
+    "runner": Runner,
 }
-#: Folders of configs/ that are no cloak group: the experiments' settings, and files the entry points share.
-NOT_GROUPS = {"experiment", "common"}
+#: Folders of configs/ that are no cloak group: the experiments' settings, files the entry points share,
+#: and Hydra's own groups (the example Slurm launcher: tests/test_launchers.py).
+NOT_GROUPS = {"experiment", "common", "hydra"}
 
 
 def _choices(group: str) -> list[str]:
@@ -66,6 +69,8 @@ def test_every_option_of_every_group_instantiates(group, option, facenet_file):
             pytest.skip(f"{group}={option}: its weights are not on this machine ({err.__cause__})")
         raise
     assert isinstance(built, GROUPS[group])
+    if group == "runner":
+        assert built.name == option  # built without Ray: the Ray runner imports it only when it runs
     if group == "transform":
         assert built.is_identity == (option == "none")
     if group == "model":
