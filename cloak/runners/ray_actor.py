@@ -27,9 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from cloak.builders import build_from_config
+from cloak.cloaking.reuse import IdentityMemory
 from cloak.photos import destination_for
 from cloak.resources import StageTimer, bound_kernel_cache, release_free_memory
-from cloak.run import Outcome, _cloak_batch, _Job, _prepare
+from cloak.run import _cloak_batch, _Job, _prepare
+from cloak.run_report import RunReport
+from cloak.run_summary import Outcome
 
 log = logging.getLogger("cloak")
 
@@ -57,14 +60,19 @@ class CloakActor:
         source_path = Path(source)
         root = source_path if source_path.is_dir() else source_path.parent
         parts = build_from_config(config)
-        self.job = _Job(config, parts, source_path, Path(output), root, preview, StageTimer())
+        # The driver records every photo's entry in the output's journal; the actor's own goes nowhere.
+        self._records = tempfile.TemporaryDirectory(prefix="cloak-ray-records-")
+        report = RunReport(Path(self._records.name), {})
+        self.job = _Job(config, parts, source_path, Path(output), root, preview, StageTimer(), report)
+        # With reuse, each actor remembers the people of the batches it cloaks.
+        self.job.memory = IdentityMemory() if config.get("reuse") else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Cloaks the batch's photos and writes their copies; returns ``rel``, ``status`` and ``payload`` columns."""
         outcome = cloak_paths(self.job, [Path(str(p)) for p in batch["path"]])
         _die_once_for_tests()
         release_free_memory()
-        return outcome_columns(outcome)
+        return outcome_columns(outcome, self.job.report.photos)
 
 
 def cloak_paths(job: _Job, paths: list[Path]) -> Outcome:
@@ -92,10 +100,15 @@ def cloak_paths(job: _Job, paths: list[Path]) -> Outcome:
     return job.outcome
 
 
-def outcome_columns(outcome: Outcome) -> dict[str, np.ndarray]:
-    """One row per photo: ``rel``, ``status`` (cloaked, no_face, failed) and ``payload`` (pickled report or error)."""
+def outcome_columns(outcome: Outcome, entries: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+    """One row per photo: ``rel``, ``status`` and ``payload`` (pickled report or error).
+
+    ``status``: cloaked, no_face_copied / no_face (copied unchanged or left out, as ``entries``,
+    the photos' report entries, say), failed.
+    """
     rows = [(rel, "cloaked", pickle.dumps(rep)) for rel, rep in outcome.cloaked.items()]
-    rows += [(rel, "no_face", b"") for rel in outcome.no_face]
+    copied = {rel for rel, entry in (entries or {}).items() if entry.get("copied")}
+    rows += [(rel, "no_face_copied" if rel in copied else "no_face", b"") for rel in outcome.no_face]
     rows += [(rel, "failed", err.encode()) for rel, err in outcome.failed.items()]
     columns = list(zip(*rows)) if rows else [(), (), ()]
     return {

@@ -4,9 +4,9 @@ The driver lists the photos (as the local runner does) and leaves out those whos
 already exists (unless ``overwrite=true``); Ray Data spreads the rest over a pool of
 :class:`~cloak.runners.ray_actor.CloakActor` actors, ``batch_size`` photos per call. Each
 actor loads the models once, reads, detects, cloaks and writes its photos atomically, and
-sends back one row per photo; the driver merges the rows into ``report.json`` as they come
-(after every ``batch_size`` of them, so a stopped run leaves an accurate report) and once more,
-in the listing's order, at the end. An actor that dies loses only its batch in flight: Ray
+sends back one row per photo; the driver records each row as it comes (the local runner's
+journal, :class:`~cloak.run_report.RunReport`: a stopped or killed run loses no entry) and
+writes ``report.json`` in the listing's order at the end. An actor that dies loses only its batch in flight: Ray
 restarts it and retries the batch (``runner.max_restarts``, ``runner.max_task_retries``).
 """
 
@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from cloak.photos import destination_for, find_photos
 from cloak.resources import StageTimer
-from cloak.run import Outcome, _summarise, _write_report
+from cloak.run import _settings
+from cloak.run_report import RunReport, cloaked_entry, failed_entry, no_face_entry, unrecorded_entry
+from cloak.run_summary import Outcome, summarise
 from cloak.runners import RayRunner
 from cloak.runners.ray_actor import CloakActor
 
@@ -38,20 +40,26 @@ def run_on_ray(runner: RayRunner, cfg: DictConfig, source: Path, output: Path, p
     if not listing.photos:
         log.error("No photos found in %s", source)
         return 2
-    outcome = Outcome()
+    outcome, report = Outcome(), RunReport(output, _settings(cfg))
     todo = []
     for path in listing.photos:
+        rel = str(path.relative_to(root))
         if destination_for(path, source, output).exists() and not cfg.overwrite:
-            outcome.skipped_done.append(str(path.relative_to(root)))
+            outcome.skipped_done.append(rel)
+            if not report.has_copy(rel):  # listed, never dropped: its record was lost
+                outcome.unrecorded.append(rel)
+                report.add(rel, unrecorded_entry())
         else:
             todo.append(str(path))
     stopped = None
     if todo:
         with timer.stage("ray"):
-            stopped = _on_cluster(runner, cfg, todo, (source, output, preview), outcome)
-    final = in_order(outcome, [str(p.relative_to(root)) for p in listing.photos])
+            stopped = _on_cluster(runner, cfg, todo, (source, output, preview), (outcome, report))
+    order = [str(p.relative_to(root)) for p in listing.photos]
+    final = in_order(outcome, order)
     with timer.stage("report"):
-        _write_report(output, final, cfg)
+        report.photos = {rel: report.photos[rel] for rel in sorted(report.photos, key=_ranks(order))}
+        report.write()
     if stopped is not None:
         log.warning(
             "%s: %d photo(s) cloaked and written to %s; run the same command again to cloak the rest",
@@ -60,12 +68,14 @@ def run_on_ray(runner: RayRunner, cfg: DictConfig, source: Path, output: Path, p
             output,
         )
         return stopped
-    _summarise(final, output)
+    summarise(final, output)
     return 1 if final.failed else 0
 
 
-def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tuple, outcome: Outcome) -> int | None:
-    """Cloaks ``todo`` on the cluster (started here when ``runner.address`` is null), filling ``outcome``.
+def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tuple, record: tuple) -> int | None:
+    """Cloaks ``todo`` on the cluster (started here when ``runner.address`` is null), filling ``record``.
+
+    ``record``: the run's :class:`Outcome` and its :class:`RunReport`.
 
     Returns ``None`` when every photo came back, else the run's exit status: 130 on Ctrl-C, 1
     when the cluster gave up (an actor that cannot start, a batch out of retries: logged).
@@ -81,7 +91,7 @@ def _on_cluster(runner: RayRunner, cfg: DictConfig, todo: list[str], where: tupl
             "Cloaking %d photo(s) from %s into %s on Ray (%d worker(s), %s CPU(s) each, batches of %d)",
             len(todo), where[0], where[1], runner.num_workers, runner.num_cpus_per_worker, int(cfg.batch_size),
         )  # fmt: skip
-        _gather(rows, cfg, where[1], outcome, total=len(todo))
+        _gather(rows, *record, total=len(todo))
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # Ray wraps what failed on the cluster in its own errors
@@ -139,39 +149,43 @@ def _map(paths, runner: RayRunner, cfg: DictConfig, gpus: float, ctor: dict):
     )
 
 
-def _gather(rows, cfg: DictConfig, output: Path, outcome: Outcome, total: int) -> None:
-    """Adds each photo's row to ``outcome`` as it arrives; rewrites ``report.json`` every ``batch_size`` rows."""
+def _gather(rows, outcome: Outcome, report: RunReport, total: int) -> None:
+    """Adds each photo's row to ``outcome`` and records it in the run's journal as it arrives."""
     bar = tqdm(total=total, unit="photo", desc="cloaking on ray", disable=None)
-    every = max(1, int(cfg.batch_size))
-    for n, row in enumerate(rows.iter_rows(), start=1):
-        add_row(outcome, str(row["rel"]), str(row["status"]), bytes(row["payload"]))
+    for row in rows.iter_rows():
+        rel = str(row["rel"])
+        report.add(rel, add_row(outcome, rel, str(row["status"]), bytes(row["payload"])))
         bar.update(1)
-        if n % every == 0:
-            _write_report(output, outcome, cfg)
     bar.close()
 
 
-def add_row(outcome: Outcome, rel: str, status: str, payload: bytes) -> None:
-    """One actor row into ``outcome`` (a retried batch's row replaces nothing: each photo comes once)."""
+def add_row(outcome: Outcome, rel: str, status: str, payload: bytes) -> dict:
+    """One actor row into ``outcome`` (a retried batch's row replaces nothing: each photo comes once); its entry."""
     if status == "cloaked":
         outcome.cloaked[rel] = pickle.loads(payload)
-    elif status == "no_face":
+        return cloaked_entry(outcome.cloaked[rel])
+    if status.startswith("no_face"):
         outcome.no_face.append(rel)
-    else:
-        outcome.failed[rel] = payload.decode()
-        log.error("Failed: %s", outcome.failed[rel])
+        return no_face_entry(status == "no_face_copied")
+    outcome.failed[rel] = payload.decode()
+    log.error("Failed: %s", outcome.failed[rel])
+    return failed_entry(outcome.failed[rel])
+
+
+def _ranks(order: list[str]):
+    """A sort key: a photo's place in ``order`` (photos not in it last)."""
+    rank = {rel: i for i, rel in enumerate(order)}
+    return lambda rel: rank.get(rel, len(rank))
 
 
 def in_order(outcome: Outcome, order: list[str]) -> Outcome:
     """``outcome`` with each of its lists and tables in the listing's order (the local runner's)."""
-    rank = {rel: i for i, rel in enumerate(order)}
-
-    def key(rel: str) -> int:
-        return rank.get(rel, len(rank))
+    key = _ranks(order)
 
     return Outcome(
         cloaked={rel: outcome.cloaked[rel] for rel in sorted(outcome.cloaked, key=key)},
         no_face=sorted(outcome.no_face, key=key),
         skipped_done=sorted(outcome.skipped_done, key=key),
+        unrecorded=sorted(outcome.unrecorded, key=key),
         failed={rel: outcome.failed[rel] for rel in sorted(outcome.failed, key=key)},
     )
