@@ -114,9 +114,7 @@ def ciede2000(lab_a: torch.Tensor, lab_b: torch.Tensor, eps: float = 1e-20) -> t
     def chroma(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # 0 for grey, with a gradient there
         return ((a * a + b * b + eps).sqrt() - root).clamp_min(0)
 
-    c_mean = (chroma(a1, b1) + chroma(a2, b2)) / 2
-    c7 = c_mean.pow(7)
-    g = 0.5 * (1 - (c7 / (c7 + _POW25_7)).sqrt())
+    g = 0.5 * (1 - _chroma_weight((chroma(a1, b1) + chroma(a2, b2)) / 2))
     a1p, a2p = (1 + g) * a1, (1 + g) * a2
     c1p, c2p = chroma(a1p, b1), chroma(a2p, b2)
     dl = l2 - l1
@@ -137,14 +135,22 @@ def ciede2000(lab_a: torch.Tensor, lab_b: torch.Tensor, eps: float = 1e-20) -> t
         - 0.20 * torch.cos(4 * h_mean - math.radians(63))
     )
     theta = math.radians(30) * torch.exp(-(((torch.rad2deg(h_mean) - 275) / 25) ** 2))
-    cp7 = cp_mean.pow(7)
-    r_c = 2 * (cp7 / (cp7 + _POW25_7)).sqrt()
+    r_c = 2 * _chroma_weight(cp_mean)
     s_l = 1 + 0.015 * (l_mean - 50) ** 2 / (20 + (l_mean - 50) ** 2).sqrt()
     s_c = 1 + 0.045 * cp_mean
     s_h = 1 + 0.015 * cp_mean * t
     r_t = -torch.sin(2 * theta) * r_c
     tl, tc, th = dl / s_l, dc / s_c, dh / s_h
     return (tl * tl + tc * tc + th * th + r_t * tc * th).clamp_min(0).add(eps).sqrt()
+
+
+def _chroma_weight(c: torch.Tensor) -> torch.Tensor:
+    """``sqrt(c^7 / (c^7 + 25^7))`` for chroma ``c >= 0``, written so its gradient is 0 (not NaN) at grey.
+
+    The plain form takes a square root of 0 at ``c = 0``, whose infinite slope times the
+    zero slope of ``c^7`` is NaN: one grey pixel would wipe out a whole step's gradient.
+    """
+    return c.pow(3.5) / (c.pow(7) + _POW25_7).sqrt()
 
 
 def _mean_hue(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:

@@ -108,3 +108,42 @@ def test_a_cloak_beyond_the_shading_limit_is_shrunk_to_it():
     assert figure <= 1.0
     assert figure > 0.7, "shrunk far below the limit"
     assert budget.within(shrunk, clean)
+
+
+def test_gradient_is_finite_where_both_colours_are_grey():
+    """Exact greys (a* = b* = 0) on both sides: CIEDE2000's chroma weights have slope 0 there, not NaN."""
+    lab_a = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    lab_a[:, 0] = 50.0
+    lab_b = lab_a.clone()
+    lab_b[:, 0] += torch.linspace(0, 2, 16, dtype=torch.float64).reshape(4, 4)  # lighter, still grey
+    lab_b.requires_grad_(True)
+    ciede2000(lab_a, lab_b).sum().backward()
+    assert torch.isfinite(lab_b.grad).all(), "a grey pixel gave a NaN gradient"
+    assert lab_b.grad[:, 0].abs().sum() > 0, "the lightness change lost its gradient"
+
+
+def test_gradient_is_finite_for_nearly_grey_colours_in_float32():
+    """A hint of colour too small for float32's chroma (a photo's greys after a blur): no NaN, however small."""
+    lab_a = torch.zeros(1, 3, 2, 3, dtype=torch.float32)
+    lab_a[:, 0] = 60.0
+    lab_b = lab_a.clone()
+    lab_b[:, 0] += 1.0
+    lab_b[:, 1] = torch.tensor([[0.0, 1e-12, -3e-11], [2e-13, 0.0, 1e-6]])
+    lab_b[:, 2] = torch.tensor([[1e-12, 0.0, 0.0], [0.0, -1e-12, 1e-6]])
+    lab_b.requires_grad_(True)
+    ciede2000(lab_a, lab_b).sum().backward()
+    assert torch.isfinite(lab_b.grad).all(), "a nearly grey pixel gave a NaN gradient"
+
+
+def test_shading_of_a_grey_photo_has_a_finite_gradient():
+    """A grey photo cloaked with a grey change: the figure's gradient reaches the pixels, finite (lfw-dev is grey)."""
+    g = torch.Generator().manual_seed(0)
+    grey = torch.rand(1, 48, 40, generator=g, dtype=torch.float64)
+    grey[:, 10:20, 10:20], grey[:, 30:40, 20:30] = 1.0, 0.0  # white and black: exactly a* = b* = 0 in CIELAB
+    grey = grey.expand(3, 48, 40)
+    change = (torch.rand(1, 48, 40, generator=g, dtype=torch.float64) - 0.5) * 0.04
+    cloaked = (grey + change.expand(3, 48, 40)).clamp(0, 1).requires_grad_(True)
+    value = shading(grey, cloaked, torch.tensor([[8.0, 8.0, 32.0, 40.0]], dtype=torch.float64))
+    value.sum().backward()
+    assert torch.isfinite(cloaked.grad).all(), "a grey photo's shading gradient has NaNs"
+    assert cloaked.grad.abs().sum() > 0
