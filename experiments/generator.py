@@ -134,41 +134,48 @@ def _means(sums: list) -> tuple[float, float]:
     return sums[0] / n, sums[1] / n
 
 
-def cloak_arm(attack: Attack, parts, face, seed: int, first_guess=None) -> dict:
-    """One face cloaked one way; its measured figures.
+def cloak_arm(attack: Attack, parts, faces: list, seed: int, first_guess=None) -> list[dict]:
+    """The faces cloaked one way, together in one batch (as a run cloaks them); each face's figures.
 
-    ``first_guess``: None for the attack's own start, else a function of the face's job giving
-    its start (timed with the cloak).
+    ``first_guess``: None for the attack's own start, else a function of a face's name and job
+    giving its start (timed with the cloak). ``seconds`` is the batch's time over its faces.
     """
     t0 = time.perf_counter()
-    j = job(face, seed)
+    jobs = [job(f, seed) for f in faces]
     if first_guess is not None:
         with torch.no_grad():
-            j = job(face, seed, start=first_guess(j))
-    result = attack(parts.model, [j])[0]
-    seconds = time.perf_counter() - t0
-    report = measure(face.photo, to_uint8(result.photo), [_as_face(face)], parts.model, parts.device, attack)
-    f = report.faces[0]
-    return {
-        "name": face.name,
-        "steps": result.steps,
-        "seconds": seconds,
-        "margin_jpeg75": f.margin_jpeg75,
-        "shading": f.shading,
-        "ssim": f.ssim,
-        "ssim_p5": f.ssim_p5,
-    }
+            jobs = [job(f, seed, start=first_guess(f.name, j)) for f, j in zip(faces, jobs)]
+    results = attack(parts.model, jobs)
+    seconds = (time.perf_counter() - t0) / max(1, len(faces))
+    rows = []
+    for face, result in zip(faces, results):
+        report = measure(face.photo, to_uint8(result.photo), [_as_face(face)], parts.model, parts.device, attack)
+        f = report.faces[0]
+        rows.append(
+            {
+                "name": face.name,
+                "steps": result.steps,
+                "seconds": seconds,
+                "margin_jpeg75": f.margin_jpeg75,
+                "shading": f.shading,
+                "ssim": f.ssim,
+                "ssim_p5": f.ssim_p5,
+            }
+        )
+    return rows
 
 
-def group_guess(attack: Attack, parts, source, seed: int):
-    """The group start (:mod:`cloak.cloaking.reuse`): ``source`` (another photo of the person) cloaked
-    from the attack's own start with its ``steps``, its cloak warped into a later face's job."""
-    memory = IdentityMemory()
-    src = job(source, seed)
-    face = descriptors(as_ensemble(parts.model), src)
-    key = memory.add(face)
-    memory.keep(key, src, attack(parts.model, [src])[0], face)
-    return lambda j: memory.start(key, j)
+def group_guess(attack: Attack, parts, sources: list, seed: int):
+    """The group start (:mod:`cloak.cloaking.reuse`): each ``source`` (another photo of its person)
+    cloaked from the attack's own start with its ``steps``, its cloak warped into a later face's job."""
+    memory, keys = IdentityMemory(), {}
+    jobs = [job(s, seed) for s in sources]
+    ensemble = as_ensemble(parts.model)
+    for source, j, result in zip(sources, jobs, attack(parts.model, jobs)):
+        face = descriptors(ensemble, j)
+        keys[source.name] = memory.add(face)
+        memory.keep(keys[source.name], j, result, face)
+    return lambda name, j: memory.start(keys[name], j)
 
 
 def _as_face(face):
@@ -195,22 +202,21 @@ def evaluate(cfg: DictConfig, parts, faces: list, generator: FrameGenerator, out
     for f in faces:
         people.setdefault(f.name, []).append(f)
     firsts = [p[0] for p in people.values()]
-    groups = {}
-    if cfg.generator.group_steps:
-        groups = {n: group_guess(attack, parts, p[1], seed) for n, p in people.items() if len(p) > 1}
+    group = None
+    sources = [p[1] for p in people.values() if len(p) > 1]
+    if cfg.generator.group_steps and sources:
+        group = group_guess(attack, parts, sources, seed)
     results: dict = {"faces": [f.path for f in firsts], "arms": {}}
     for label, steps, start in arms(cfg):
         attack.steps, attack.warm_steps = (cold, steps) if start != "own" else (steps, attack.warm_steps)
-        rows = []
-        for f in firsts:
-            if start == "own":
-                rows.append(cloak_arm(attack, parts, f, seed))
-            elif start == "generator":
-                rows.append(
-                    cloak_arm(attack, parts, f, seed, lambda j: generator_start(generator, j.photo, j.landmarks[0]))
-                )
-            elif f.name in groups:
-                rows.append(cloak_arm(attack, parts, f, seed, groups[f.name]))
+        if start == "own":
+            rows = cloak_arm(attack, parts, firsts, seed)
+        elif start == "generator":
+            rows = cloak_arm(
+                attack, parts, firsts, seed, lambda _, j: generator_start(generator, j.photo, j.landmarks[0])
+            )
+        else:
+            rows = cloak_arm(attack, parts, [f for f in firsts if len(people[f.name]) > 1], seed, group)
         results["arms"][label] = {"rows": rows, "summary": summarise(rows)}
         log.info("%s: %s", label, results["arms"][label]["summary"])
         attack.steps = cold
@@ -223,6 +229,7 @@ def summarise(rows: list[dict]) -> dict:
     models = sorted(rows[0]["margin_jpeg75"])
     mean = {m: sum(r["margin_jpeg75"][m] for r in rows) / len(rows) for m in models}
     return {
+        "faces": len(rows),
         "margin": {m: round(v, 3) for m, v in mean.items()},
         "margin_mean": round(sum(mean.values()) / len(mean), 3),
         "past_every": round(sum(min(r["margin_jpeg75"].values()) > 1 for r in rows) / len(rows), 3),
@@ -240,11 +247,11 @@ def write_results(results: dict, out: Path) -> None:
     (out / "generator.json").write_text(json.dumps(results, indent=1))
     summaries = [s["summary"] for s in results["arms"].values()]
     models = sorted(summaries[0]["margin"]) if summaries else []
-    head = ["start", *models, "mean", "past every", "shading max", "SSIM / p5 min", "steps", "s / face"]
+    head = ["start", "faces", *models, "mean", "past every", "shading max", "SSIM / p5 min", "steps", "s / face"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for label, arm in results["arms"].items():
         s = arm["summary"]
-        cells = [label, *(f"{s['margin'][m]:.3f}" for m in models), f"{s['margin_mean']:.3f}"]
+        cells = [label, str(s["faces"]), *(f"{s['margin'][m]:.3f}" for m in models), f"{s['margin_mean']:.3f}"]
         cells += [f"{s['past_every']:.2f}", f"{s['shading_max']:.2f}", f"{s['ssim_min']:.3f} / {s['ssim_p5_min']:.3f}"]
         cells += [f"{s['steps']:.0f}", f"{s['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
