@@ -89,7 +89,7 @@ def train(cfg: DictConfig, parts, faces: list, checkpoint: Path) -> FrameGenerat
         for k in range(0, len(order) - batch + 1, batch):
             loss, penalty = batch_loss(attack, views, generator, [cases[i] for i in order[k : k + batch]], step_gen)
             optimiser.zero_grad()
-            (loss + penalty).backward()
+            (loss + float(g.penalty_weight) * penalty).backward()
             if not finite_step(generator, float(g.clip)):
                 log.warning("  epoch %d batch %d: a non-finite loss or gradient, batch skipped", epoch, sums[2])
                 continue
