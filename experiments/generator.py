@@ -206,7 +206,7 @@ def evaluate(cfg: DictConfig, parts, faces: list, generator: FrameGenerator, out
     sources = [p[1] for p in people.values() if len(p) > 1]
     if cfg.generator.group_steps and sources:
         group = group_guess(attack, parts, sources, seed)
-    results: dict = {"faces": [f.path for f in firsts], "arms": {}}
+    results: dict = {"faces": ["/".join(Path(f.path).parts[-2:]) for f in firsts], "arms": {}}
     for label, steps, start in arms(cfg):
         attack.steps, attack.warm_steps = (cold, steps) if start != "own" else (steps, attack.warm_steps)
         if start == "own":
