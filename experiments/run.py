@@ -6,6 +6,7 @@ Examples (from the repository root)::
     uv run python -m experiments.run experiment=strength_sweep     # quality-protection trade-off
     uv run python -m experiments.run experiment=robustness_sweep   # JPEG / downscale robustness
     uv run python -m experiments.run experiment=adaptive           # adaptive trackers, purification, detection
+    uv run python -m experiments.run experiment=generator          # a learned first guess of the cloak
     uv run python -m experiments.run --multirun strength=low,mid,high data.n_users=3
 
 Configs: ``configs/evaluate.yaml`` and ``configs/experiment/``. See ``experiments/README.md``.
@@ -31,6 +32,7 @@ from cloak.evaluation.protocol.experiment import run_experiment
 from cloak.evaluation.protocol.report import write_report
 from cloak.evaluation.protocol.results import ExperimentResults
 from cloak.evaluation.protocol.sweep import SweepError
+from experiments.generator import run_generator
 
 log = logging.getLogger("experiments")
 
@@ -57,12 +59,14 @@ def output_dir(cfg: DictConfig) -> Path:
     raise ValueError("output_dir is not set and no Hydra run folder exists; pass output_dir=<folder>")
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentResults | AdaptiveResults:
+def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentResults | AdaptiveResults | dict:
     """Runs the experiment of ``cfg`` and writes its CSV, JSON, Markdown and plots.
 
     A config with an ``adaptive`` section (``experiment=adaptive``) runs
     :func:`cloak.evaluation.adaptive.experiment.run_adaptive_experiment` and
     writes ``adaptive.json``, ``adaptive.csv``, ``adaptive.md`` and ``adaptive.png``.
+    A config with a ``generator`` section (``experiment=generator``) trains and compares the
+    learned first guess (:func:`experiments.generator.run_generator`): ``generator.json``, ``generator.md``.
 
     Results (without plots) are rewritten after each transform of each setting,
     so a long sweep leaves partial results behind if it is stopped.
@@ -97,6 +101,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> ExperimentRe
             log.info("Wrote %s", ", ".join(str(p) for p in files.values()))
 
     cache = resolve_path(cfg.cache_dir) if cfg.get("cache_dir") else None
+    if cfg.get("generator") is not None:
+        return run_generator(cfg, root, out, resolve_path)
     if cfg.get("adaptive") is not None:
         return _run_adaptive(cfg, root, out, cache, overrides, plots)
     results = run_experiment(cfg, root, cache_dir=cache, on_progress=save, overrides=overrides)
