@@ -35,6 +35,8 @@ FRAME_SIZE = 224
 FRAME_TEMPLATE = ARCFACE_TEMPLATE + (FRAME_SIZE - 112) / 2
 #: People kept at most (the least recently seen are forgotten first): about 0.6 MB each.
 MAX_PEOPLE = 256
+#: Faces a person is matched against at most: their first and their latest ones.
+MAX_FACES_PER_PERSON = 16
 
 
 @dataclass
@@ -116,6 +118,8 @@ class IdentityMemory:
         person.variable = warp_crops(result.variable, frame_to_region, (FRAME_SIZE, FRAME_SIZE))[0]
         if face is not person.descriptors[0]:
             person.descriptors.append(face)
+            if len(person.descriptors) > MAX_FACES_PER_PERSON:  # matching stays cheap over a long album
+                del person.descriptors[1]
         self.people.move_to_end(key)
 
     def cloak(
