@@ -162,20 +162,34 @@ def _settings(cfg: DictConfig) -> dict:
     return settings
 
 
-def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
-    root = source if source.is_dir() else source.parent
+def list_photos(source: Path) -> tuple[Path, list[Path]]:
+    """The folder photo paths are relative to, and the photos of ``source`` (files cloak cannot read logged)."""
     listing = find_photos(source)
     for path in listing.skipped:
         log.info("Skipping %s: not a photo cloak reads", path)
     if not listing.photos:
         log.error("No photos found in %s", source)
+    return (source if source.is_dir() else source.parent), listing.photos
+
+
+def note_done(outcome: Outcome, report: RunReport, rel: str) -> None:
+    """A photo whose copy exists: skipped, and listed as unrecorded when no run recorded it (never dropped)."""
+    outcome.skipped_done.append(rel)
+    if not report.has_copy(rel):
+        outcome.unrecorded.append(rel)
+        report.add(rel, unrecorded_entry())
+
+
+def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
+    root, photos = list_photos(source)
+    if not photos:
         return 2
     bound_kernel_cache()  # every photo's region has its own size: keep the kernel cache small
     with timer.stage("build"):
         parts = build_from_config(cfg)
     log.info(
         "Cloaking %d photo(s) from %s into %s (attack=%s, %d steps, eps=%s/255, device=%s)",
-        len(listing.photos),
+        len(photos),
         source,
         output,
         parts.attack.name,
@@ -186,7 +200,7 @@ def _run(cfg: DictConfig, source: Path, output: Path, preview: bool, timer: Stag
     job = _Job(cfg, parts, source, output, root, preview, timer, RunReport(output, _settings(cfg)))
     job.memory = IdentityMemory() if cfg.get("reuse") else None
     outcome = job.outcome
-    bar = tqdm(listing.photos, unit="photo", desc="cloaking", disable=None)
+    bar = tqdm(photos, unit="photo", desc="cloaking", disable=None)
     try:
         with job.stopper:  # SIGTERM (a shutdown, a closed session, kill) stops the run as Ctrl-C does
             _cloak_all(job, bar)
@@ -230,10 +244,7 @@ def _prepare(job: _Job, path: Path) -> Pending | None:
     rel = path.relative_to(job.root)
     dest = destination_for(path, job.source, job.output)
     if dest.exists() and not cfg.overwrite:
-        outcome.skipped_done.append(str(rel))
-        if not job.report.has_copy(str(rel)):  # listed, never dropped: its record was lost
-            outcome.unrecorded.append(str(rel))
-            job.report.add(str(rel), unrecorded_entry())
+        note_done(outcome, job.report, str(rel))
         return None
     try:
         with timer.stage("decode"):

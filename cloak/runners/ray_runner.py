@@ -20,10 +20,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from cloak.photos import destination_for, find_photos
+from cloak.photos import destination_for
 from cloak.resources import StageTimer
-from cloak.run import _settings
-from cloak.run_report import RunReport, cloaked_entry, failed_entry, no_face_entry, unrecorded_entry
+from cloak.run import _settings, list_photos, note_done
+from cloak.run_report import RunReport, cloaked_entry, failed_entry, no_face_entry
 from cloak.run_summary import Outcome, summarise
 from cloak.runners import RayRunner
 from cloak.runners.ray_actor import CloakActor
@@ -33,29 +33,21 @@ log = logging.getLogger("cloak")
 
 def run_on_ray(runner: RayRunner, cfg: DictConfig, source: Path, output: Path, preview: bool, timer: StageTimer) -> int:
     """Cloaks the photos of ``source`` into ``output`` on the cluster; returns the exit status (as the local runner)."""
-    root = source if source.is_dir() else source.parent
-    listing = find_photos(source)
-    for path in listing.skipped:
-        log.info("Skipping %s: not a photo cloak reads", path)
-    if not listing.photos:
-        log.error("No photos found in %s", source)
+    root, photos = list_photos(source)
+    if not photos:
         return 2
     outcome, report = Outcome(), RunReport(output, _settings(cfg))
     todo = []
-    for path in listing.photos:
-        rel = str(path.relative_to(root))
+    for path in photos:
         if destination_for(path, source, output).exists() and not cfg.overwrite:
-            outcome.skipped_done.append(rel)
-            if not report.has_copy(rel):  # listed, never dropped: its record was lost
-                outcome.unrecorded.append(rel)
-                report.add(rel, unrecorded_entry())
+            note_done(outcome, report, str(path.relative_to(root)))
         else:
             todo.append(str(path))
     stopped = None
     if todo:
         with timer.stage("ray"):
             stopped = _on_cluster(runner, cfg, todo, (source, output, preview), (outcome, report))
-    order = [str(p.relative_to(root)) for p in listing.photos]
+    order = [str(p.relative_to(root)) for p in photos]
     final = in_order(outcome, order)
     with timer.stage("report"):
         report.photos = {rel: report.photos[rel] for rel in sorted(report.photos, key=_ranks(order))}
