@@ -106,7 +106,7 @@ class Attack:
         warm_step_size: their mean step, 0-255 pixel units, on the same schedule; default
             ``step_size``.
         step_rule: how a gradient becomes a step: ``sign`` (every pixel moves the same) or
-            ``scaled`` (shaped like the gradient; :class:`~cloak.attacks.steps.Stepper`).
+            ``scaled`` (shaped like the gradient) or ``ssim`` (and by SSIM's room; :class:`~cloak.attacks.steps.Stepper`).
         momentum: weight of the previous step's direction (MI-FGSM); 0 for none.
     """
 
@@ -255,7 +255,7 @@ class Attack:
         warm = step_sizes(self.warm_step_size, self.warm_steps, self.step_schedule)
         sizes = [warm if p.start is not None else cold for p in photos]
         stopping = EarlyStop(self, [len(p.landmarks) for p in photos], [len(s) for s in sizes])
-        stepper = Stepper(self.step_rule, self.momentum, len(photos))
+        stepper = Stepper(self.step_rule, self.momentum, clean)
         # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
 

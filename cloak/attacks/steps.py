@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+
+from cloak.quality import ssim_room
 
 if TYPE_CHECKING:
     from cloak.attacks.base import Attack, Views
@@ -14,7 +17,7 @@ if TYPE_CHECKING:
 STEP_SCHEDULES = ("constant", "cosine")
 
 #: How a gradient becomes a step (see :class:`Stepper`).
-STEP_RULES = ("sign", "scaled")
+STEP_RULES = ("sign", "scaled", "ssim")
 
 #: Under the ``scaled`` rule, the most a pixel moves in one step, in mean steps.
 SCALED_CAP = 3.0
@@ -61,26 +64,34 @@ class Stepper:
     the mean move is the same, but pixels that matter more to the models move more. Under a
     budget that is an average (SSIM, the shading figure), a step shaped like the gradient
     buys more loss for the same cost than a uniform one.
+    ``ssim``: as ``scaled``, with the gradient first weighted by each pixel's room under
+    SSIM (:func:`~cloak.quality.ssim_room`: the clean photo's local variance plus SSIM's
+    constant): a change costs SSIM in inverse proportion to it, so textured skin, brows,
+    eyes and hair take more of the cloak than flat cheeks.
     ``momentum``: each step follows ``momentum * previous + g / mean|g|`` (MI-FGSM,
     Dong et al. 2018), which steadies the direction across the random distortions.
 
     Args:
         rule: one of :data:`STEP_RULES`.
         momentum: weight of the previous direction, ``>= 0``; 0 for none.
-        photos: how many photos (each keeps its own momentum).
+        clean: each photo's clean ``[1, 3, h, w]`` region (each keeps its own momentum; the
+            ``ssim`` rule reads its room from it).
     """
 
-    def __init__(self, rule: str = "sign", momentum: float = 0.0, photos: int = 0) -> None:
+    def __init__(self, rule: str = "sign", momentum: float = 0.0, clean: Sequence[torch.Tensor] = ()) -> None:
         if rule not in STEP_RULES:
             raise ValueError(f"step rule must be one of {STEP_RULES}, got {rule!r}")
         if momentum < 0:
             raise ValueError(f"momentum must be >= 0, got {momentum}")
         self.rule = rule
         self.momentum = float(momentum)
-        self.velocity: list[torch.Tensor | None] = [None] * photos
+        self.velocity: list[torch.Tensor | None] = [None] * len(clean)
+        self.room = [_unit_mean(ssim_room(c)) for c in clean] if rule == "ssim" else []
 
     def direction(self, photo: int, g: torch.Tensor) -> torch.Tensor:
         """Photo ``photo``'s step direction for its gradient ``g`` (a step moves against it)."""
+        if self.room:
+            g = g * self.room[photo]
         if self.momentum > 0:
             g = _unit_mean(g)
             old = self.velocity[photo]
