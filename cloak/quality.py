@@ -153,21 +153,6 @@ def _ssim_from_moments(
     return (num / den).mean(dim=1, keepdim=True)
 
 
-def ssim_room(image: torch.Tensor, max_val: float = 1.0) -> torch.Tensor:
-    """Each pixel's room under SSIM: twice its local variance (SSIM's window) plus SSIM's ``c2``, channels averaged.
-
-    A small change ``d`` of a pixel costs local SSIM about ``d**2 / room``: flat skin has
-    little room, texture and edges much.
-
-    Shape:
-        - image: :math:`(B, C, H, W)`
-        - Output: :math:`(B, 1, H, W)`
-    """
-    mu = _ssim_window(image)
-    var = (_ssim_window(image * image) - mu * mu).clamp_min(0)
-    return (2 * var + (0.03 * max_val) ** 2).mean(dim=1, keepdim=True)
-
-
 class LocalSSIM:
     """The local SSIM map of images against one fixed reference, for an optimisation loop.
 

@@ -8,7 +8,7 @@ from conftest import synthetic_photo
 
 from cloak.attacks import PGD, Fawkes, LowKey, PhotoFaces, photo_seed
 from cloak.attacks.masking import VisualMasking
-from cloak.attacks.steps import SCALED_CAP, Stepper, settled_sign, step_sizes
+from cloak.attacks.steps import step_sizes
 from cloak.models.ensemble import Ensemble
 from cloak.transforms import RobustTransform
 
@@ -94,61 +94,6 @@ def test_the_cosine_schedule_keeps_the_invariants(tiny_embedder):
         assert r.photo.min() >= 0 and r.photo.max() <= 1
         assert not torch.equal(r.photo, q.photo), f"{technique} changed nothing"
         assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9)
-
-
-STEP_RULES = {
-    "scaled": {"step_rule": "scaled"},
-    "ssim": {"step_rule": "ssim"},
-    "momentum": {"momentum": 1.0},
-    "ssim+momentum": {"step_rule": "ssim", "momentum": 0.9},
-}
-
-
-@pytest.mark.parametrize("rule", sorted(STEP_RULES))
-def test_step_rules_keep_the_invariants(rule, tiny_embedder):
-    """A step rule changes the steps, never the bound, the range or batch independence; it still lowers the loss."""
-    model = tiny_embedder(dtype=torch.float64)
-    photos = _photos(2)
-    before = [p.photo.clone() for p in photos]
-    attack = _attack("lowkey", transform=RobustTransform(), **STEP_RULES[rule])
-    batch = attack(model, photos)
-    sign = _attack("lowkey", transform=RobustTransform())(model, photos)
-    start = _attack("lowkey", steps=0, **STEP_RULES[rule])(model, photos)
-    for p, b, r, q, s in zip(photos, before, batch, sign, start):
-        assert torch.equal(p.photo, b)
-        delta = r.photo - p.photo
-        assert 0 < delta.abs().max() <= 8 / 255 + 1e-9
-        assert r.photo.min() >= 0 and r.photo.max() <= 1
-        assert not torch.equal(r.photo, q.photo), f"{rule} stepped as the sign rule does"
-        assert torch.allclose(attack(model, [p])[0].photo, r.photo, atol=1e-9), "a photo's cloak depends on its batch"
-        assert sum(r.loss) < sum(s.loss), f"{rule}: the loss did not fall"
-
-
-def test_the_step_rules_shape_the_step_as_documented():
-    g = torch.tensor([[[[8.0, -1.0], [0.5, 0.0]]]], dtype=torch.float64)
-    assert torch.equal(Stepper("sign", clean=[g]).direction(0, g), settled_sign(g))
-    scaled = Stepper("scaled", clean=[g]).direction(0, g)
-    # g / mean|g| (mean 2.375): 3.37 capped, then -0.42, 0.21 and 0, in the gradient's proportions.
-    assert scaled[0, 0, 0, 0] == SCALED_CAP
-    assert torch.allclose(scaled.flatten()[1:], torch.tensor([-1.0, 0.5, 0.0], dtype=torch.float64) / 2.375)
-    # Momentum: each gradient counts at unit mean size; where the first was large, it outweighs the second.
-    mom = Stepper("sign", momentum=0.9, clean=[g])
-    mom.direction(0, g)
-    second = torch.tensor([[[[-1.0, 1.0], [-1.0, 1.0]]]], dtype=torch.float64)
-    assert mom.direction(0, second).flatten().tolist() == [1.0, 1.0, -1.0, 1.0]
-    # The ssim rule: of two pixels with the same gradient, the one in texture moves more.
-    clean = torch.full((1, 3, 24, 24), 0.5, dtype=torch.float64)
-    clean[..., :, 12:] += 0.2 * (torch.arange(12, dtype=torch.float64) % 2 - 0.5)
-    flat = torch.ones(1, 3, 24, 24, dtype=torch.float64)
-    step = Stepper("ssim", clean=[clean]).direction(0, flat)
-    assert step[0, 0, 12, 18] > 2 * step[0, 0, 12, 4] > 0
-
-
-def test_bad_step_rules_are_refused():
-    with pytest.raises(ValueError, match="step rule"):
-        PGD(step_rule="adam")
-    with pytest.raises(ValueError, match="momentum"):
-        PGD(momentum=-0.5)
 
 
 @pytest.mark.parametrize("steps", [1, 7, 40])

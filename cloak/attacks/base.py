@@ -20,8 +20,8 @@ import torch
 from cloak.alignment import warp_crops
 from cloak.attacks.budget import CloakShape, FaceBudget, check_limits, check_shape, require
 from cloak.attacks.masking import VisualMasking, chroma_map
-from cloak.attacks.regions import CloakResult, PhotoFaces, Region, face_region, given_start
-from cloak.attacks.steps import STEP_SCHEDULES, EarlyStop, Stepper, frozen, step_sizes
+from cloak.attacks.regions import CloakResult, PhotoFaces, Region, face_region
+from cloak.attacks.steps import STEP_SCHEDULES, EarlyStop, frozen, settled_sign, step_sizes
 from cloak.device import bfloat16_autocast
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -105,9 +105,6 @@ class Attack:
             a cloak of the same person carried over), instead of ``steps``.
         warm_step_size: their mean step, 0-255 pixel units, on the same schedule; default
             ``step_size``.
-        step_rule: how a gradient becomes a step: ``sign`` (every pixel moves the same) or
-            ``scaled`` (shaped like the gradient) or ``ssim`` (and by SSIM's room; :class:`~cloak.attacks.steps.Stepper`).
-        momentum: weight of the previous step's direction (MI-FGSM); 0 for none.
     """
 
     name = "attack"
@@ -139,8 +136,6 @@ class Attack:
         shading_weight: float = 1.0,
         warm_steps: int = 15,
         warm_step_size: float | None = None,
-        step_rule: str = "sign",
-        momentum: float = 0.0,
     ) -> None:
         require(eps > 0, f"eps must be positive (0-255 pixel units), got {eps}")
         require(steps >= 0, f"steps must be >= 0, got {steps}")
@@ -181,8 +176,6 @@ class Attack:
         require(warm_steps >= 0, f"warm_steps must be >= 0, got {warm_steps}")
         self.warm_steps = int(warm_steps)
         self.warm_step_size = float(warm_step_size) / 255.0 if warm_step_size else self.step_size
-        Stepper(step_rule, momentum)  # checks both
-        self.step_rule, self.momentum = step_rule, float(momentum)
 
     # ---- what subclasses define -------------------------------------------------
     def views(self, ensemble: Ensemble) -> Views:
@@ -243,11 +236,7 @@ class Attack:
         budgets = [self._budget(p, r) for p, r in zip(photos, regions)]
         # The optimised variables: |u| <= eps; each photo's pixel change is shape.delta(u).
         deltas = [
-            (
-                s.start(c, self.eps, g if self.random_start else None)
-                if p.start is None
-                else given_start(p.start, r, s, c, self.eps)
-            ).requires_grad_(True)
+            self._start(p, r, s, c, g).requires_grad_(True)
             for p, r, s, c, g in zip(photos, regions, shapes, clean, gens)
         ]
         # A photo that starts from a given start (a warm one) takes warm_steps of their own size.
@@ -255,7 +244,6 @@ class Attack:
         warm = step_sizes(self.warm_step_size, self.warm_steps, self.step_schedule)
         sizes = [warm if p.start is not None else cold for p in photos]
         stopping = EarlyStop(self, [len(p.landmarks) for p in photos], [len(s) for s in sizes])
-        stepper = Stepper(self.step_rule, self.momentum, clean)
         # Every view's weight: views an attack leaves out of a step do not raise the others' share.
         total_weight = sum(w for _, w in views.values())
 
@@ -286,7 +274,7 @@ class Attack:
             stopping.update(live, active, per_view, step)
             with torch.no_grad():
                 for i, t, g in zip(live, taken, grads):
-                    deltas[i] -= sizes[i][t] * stepper.direction(i, g)
+                    deltas[i] -= sizes[i][t] * settled_sign(g)
                     deltas[i].clamp_(-self.eps, self.eps)
             if progress is not None:
                 progress(1)
@@ -325,6 +313,19 @@ class Attack:
             )
             for p, r, a, c, s, fl, d, n in zip(photos, regions, final, clean, shapes, per_photo, deltas, steps_taken)
         ]
+
+    def _start(
+        self, photo: PhotoFaces, region: Region, shape: CloakShape, clean: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """One photo's optimised variable at the first step: its given start, else zeros or noise."""
+        if photo.start is None:
+            return shape.start(clean, self.eps, gen if self.random_start else None)
+        start = region.crop(photo.start).unsqueeze(0).to(clean)
+        if start.shape[1] != shape.channels:
+            raise ValueError(
+                f"a photo's start must have {shape.channels} channel(s) for color={self.color!r}, got {start.shape[1]}"
+            )
+        return start.clamp(-self.eps, self.eps).contiguous()
 
     def _draw(self, generator: torch.Generator) -> Distortion:
         """One step's random platform distortion of one photo."""

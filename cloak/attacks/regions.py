@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cloak.alignment import crop_footprint, crop_to_image_matrix
 from cloak.models.base import FaceEmbedder
-
-if TYPE_CHECKING:
-    from cloak.attacks.budget import CloakShape
 
 # JPEG works on 16x16 macroblocks (8x8 with 2x chroma subsampling); aligning the region to
 # them makes the differentiable JPEG see the same blocks as a real encoder of the photo.
@@ -181,19 +177,3 @@ class CloakResult:
     steps: int = 0
     variable: torch.Tensor | None = None
     warm: bool = False
-
-
-def given_start(
-    start: torch.Tensor, region: Region, shape: CloakShape, clean: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """A photo's optimised variable from its given start (``[C, H, W]`` over the whole photo), cut to its region.
-
-    Raises:
-        ValueError: when the start's channels are not the cloak's (1 for a luma cloak, else 3).
-    """
-    variable = region.crop(start).unsqueeze(0).to(clean)
-    if variable.shape[1] != shape.channels:
-        raise ValueError(
-            f"a photo's start must have {shape.channels} channel(s) for this cloak, got {variable.shape[1]}"
-        )
-    return variable.clamp(-eps, eps).contiguous()

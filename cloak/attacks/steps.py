@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-
-from cloak.quality import ssim_room
 
 if TYPE_CHECKING:
     from cloak.attacks.base import Attack, Views
 
 #: How the step size changes over the steps (see :func:`step_sizes`).
 STEP_SCHEDULES = ("constant", "cosine")
-
-#: How a gradient becomes a step (see :class:`Stepper`).
-STEP_RULES = ("sign", "scaled", "ssim")
-
-#: Under the ``scaled`` rule, the most a pixel moves in one step, in mean steps.
-SCALED_CAP = 3.0
 
 
 #: Gradient components within this many machine epsilons of the gradient's largest are
@@ -54,57 +45,6 @@ def step_sizes(step_size: float, steps: int, schedule: str = "constant") -> list
     if schedule == "constant":
         return [step_size] * steps
     return [step_size * (1 + math.cos(math.pi * (t + 0.5) / steps)) for t in range(steps)]
-
-
-class Stepper:
-    """Turns each photo's gradient into its step direction, with optional momentum.
-
-    ``sign``: the L-inf steepest descent (:func:`settled_sign`): every pixel moves the same.
-    ``scaled``: the gradient divided by its mean magnitude and capped at :data:`SCALED_CAP`:
-    the mean move is the same, but pixels that matter more to the models move more. Under a
-    budget that is an average (SSIM, the shading figure), a step shaped like the gradient
-    buys more loss for the same cost than a uniform one.
-    ``ssim``: as ``scaled``, with the gradient first weighted by each pixel's room under
-    SSIM (:func:`~cloak.quality.ssim_room`: the clean photo's local variance plus SSIM's
-    constant): a change costs SSIM in inverse proportion to it, so textured skin, brows,
-    eyes and hair take more of the cloak than flat cheeks.
-    ``momentum``: each step follows ``momentum * previous + g / mean|g|`` (MI-FGSM,
-    Dong et al. 2018), which steadies the direction across the random distortions.
-
-    Args:
-        rule: one of :data:`STEP_RULES`.
-        momentum: weight of the previous direction, ``>= 0``; 0 for none.
-        clean: each photo's clean ``[1, 3, h, w]`` region (each keeps its own momentum; the
-            ``ssim`` rule reads its room from it).
-    """
-
-    def __init__(self, rule: str = "sign", momentum: float = 0.0, clean: Sequence[torch.Tensor] = ()) -> None:
-        if rule not in STEP_RULES:
-            raise ValueError(f"step rule must be one of {STEP_RULES}, got {rule!r}")
-        if momentum < 0:
-            raise ValueError(f"momentum must be >= 0, got {momentum}")
-        self.rule = rule
-        self.momentum = float(momentum)
-        self.velocity: list[torch.Tensor | None] = [None] * len(clean)
-        self.room = [_unit_mean(ssim_room(c)) for c in clean] if rule == "ssim" else []
-
-    def direction(self, photo: int, g: torch.Tensor) -> torch.Tensor:
-        """Photo ``photo``'s step direction for its gradient ``g`` (a step moves against it)."""
-        if self.room:
-            g = g * self.room[photo]
-        if self.momentum > 0:
-            g = _unit_mean(g)
-            old = self.velocity[photo]
-            g = self.velocity[photo] = g if old is None else self.momentum * old + g
-        if self.rule == "sign":
-            return settled_sign(g)
-        return _unit_mean(torch.where(settled_sign(g) != 0, g, torch.zeros_like(g))).clamp(-SCALED_CAP, SCALED_CAP)
-
-
-def _unit_mean(g: torch.Tensor) -> torch.Tensor:
-    """``g`` divided by its mean magnitude (zeros stay zeros)."""
-    scale = g.abs().mean()
-    return g / scale if float(scale) > 0 else g
 
 
 class EarlyStop:
