@@ -22,7 +22,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from benches.cloak import STAGES, timed_run
 from benches.limit import limit_seconds
 from benches.machine import describe, machine
@@ -129,11 +129,8 @@ def markdown(rows: list[Row]) -> str:
 
 def main(kind: str, argv: list[str] | None = None) -> None:
     """``scripts/bench.py album`` or ``strangers``: the cases with and without reuse, and a table."""
-    parser = argparse.ArgumentParser(
-        prog=f"bench.py {kind}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"), help="lfw-dev folder")
+    parser = bench_parser(kind, __doc__)
+    parser.add_argument("--lfw", type=Path, default=LFW_DEV, help="lfw-dev folder")
     parser.add_argument("--people", type=int, default=6 if kind == "album" else 24, help="people in the folder")
     parser.add_argument("--per-person", type=int, default=10, help="photos per person (album)")
     parser.add_argument(

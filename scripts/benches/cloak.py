@@ -27,7 +27,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from benches.limit import limit_seconds
 from benches.machine import describe, machine
 from benches.scenes import big_photo, lfw_photos, medium_photo
@@ -292,11 +292,8 @@ def default_model(overrides: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``scripts/bench.py cloak``: the cases, a table, and optionally bench.md and bench.json."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py cloak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config (all cases)")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"), help="lfw-dev folder")
+    parser = bench_parser("cloak", __doc__, "Hydra overrides of the cloak config (all cases)")
+    parser.add_argument("--lfw", type=Path, default=LFW_DEV, help="lfw-dev folder")
     parser.add_argument("--models", default=None, help="comma-separated model configs (default: the config's)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped without a GPU")
     parser.add_argument("--sections", default="strength,batch,size", help="comma-separated sections to run")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from cloak.config import load_config
 from cloak.resources import StageTimer, peak_rss_bytes, reset_peak_rss, rss_bytes
 from cloak.run import run
@@ -132,11 +133,8 @@ def verdict(args: argparse.Namespace, timer: StageTimer, samples: list[dict]) ->
 
 def main(argv: list[str] | None = None) -> int:
     """``scripts/bench.py library``: 0 when the peak stays within ``--limit``, 1 when not, 2 on error."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py library", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser = bench_parser("library", __doc__)
+    parser.add_argument("--lfw", type=Path, default=LFW_DEV)
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--reference", type=int, default=100, help="photos after which the reference peak is taken")
     parser.add_argument("--every", type=int, default=50, help="sample memory every this many photos")

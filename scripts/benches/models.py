@@ -14,7 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from cloak.alignment import align_faces
 from cloak.detection import FaceDetector
 from cloak.evaluation.trackers.opencv_pipeline import OpenCVSFacePipeline
@@ -85,10 +85,8 @@ def agreement(models: dict[str, FaceEmbedder], root: Path, faces: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``scripts/bench.py models``: timings, then (with lfw-dev) agreement and verification AUC."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser = bench_parser("models", __doc__, overrides=None)
+    parser.add_argument("--lfw", type=Path, default=LFW_DEV)
     parser.add_argument("--identities", type=int, default=50)
     parser.add_argument("--agreement-faces", type=int, default=100)
     parser.add_argument("--skip-timing", action="store_true")

@@ -12,7 +12,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from cloak.builders import build_from_config
 from cloak.cloaking.groups import cloak_photos
 from cloak.config import load_config
@@ -34,11 +34,8 @@ log = logging.getLogger("bench.protection")
 
 def main(argv: list[str] | None = None) -> None:
     """``scripts/bench.py protection``."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py protection", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser = bench_parser("protection", __doc__)
+    parser.add_argument("--data", type=Path, default=LFW_DEV)
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8, help="photos cloaked together")
     args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benches.cli import LFW_DEV, bench_parser
 from cloak.config import load_config
 from cloak.run import run
 
@@ -107,11 +108,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``scripts/bench.py ray``: 0 when Ray's throughput is at least ``--target`` times the local runner's, else 1."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the cloak config (both runs)")
-    parser.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser = bench_parser("ray", __doc__, "Hydra overrides of the cloak config (both runs)")
+    parser.add_argument("--lfw", type=Path, default=LFW_DEV)
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the local cluster, one actor each")
     parser.add_argument("--target", type=float, default=0.8, help="least Ray throughput over the local runner's")

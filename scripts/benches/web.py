@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import resource
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from benches.cli import LFW_DEV, bench_parser
 from cloak.config import load_config
 from cloak.web.app import create_app
 from cloak.web.server import start_in_thread
@@ -192,11 +192,8 @@ def small_photos_case(client: httpx.Client, folder: Path, count: int, max_files:
 
 def main(argv: list[str] | None = None) -> None:
     """``scripts/bench.py web``: prints one row per case."""
-    parser = argparse.ArgumentParser(
-        prog="bench.py web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the serve config (default strength=mid)")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw-dev"))
+    parser = bench_parser("web", __doc__, "Hydra overrides of the serve config (default strength=mid)")
+    parser.add_argument("--data", type=Path, default=LFW_DEV)
     parser.add_argument("--count", type=int, default=50, help="small photos for the memory measurement (0: none)")
     parser.add_argument("--faces", type=int, default=6, help="faces pasted into the 12-megapixel photo")
     parser.add_argument("--skip", choices=["astronaut", "big"], action="append", default=[], help="leave a case out")
