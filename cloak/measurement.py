@@ -60,7 +60,9 @@ class FaceReport:
     distance in CIELAB after a blur, :func:`cloak.shading.color_shift`: tinted patches,
     which the others miss; 0 = same colours) and ``shading`` (:func:`cloak.shading.shading`:
     the 95th percentile of CIEDE2000 after a blur of 3% of the face's width, over the face
-    with its forehead and cheeks; about 1 starts to show side by side).
+    with its forehead and cheeks; about 1 starts to show side by side) and ``shading_peak``
+    (:func:`cloak.shading.shading_peak`: the same map at its worst pixel, where a change
+    confined to the eye sockets or the side of the nose shows).
 
     ``margin_jpeg75[model]`` is ``distance_jpeg75 / threshold``: past 1, the model no
     longer matches the face after JPEG. ``limit_use[limit]`` is the share of each of the
@@ -80,6 +82,7 @@ class FaceReport:
     perceptual: float | None = None
     color_shift: float | None = None
     shading: float | None = None
+    shading_peak: float | None = None
     margin_jpeg75: dict[str, float] = field(default_factory=dict)
     limit_use: dict[str, float] = field(default_factory=dict)
     steps: int | None = None
@@ -91,15 +94,19 @@ def limit_use(
     max_shading: float | None = None,
     min_face_ssim: float | None = None,
     min_face_ssim_p5: float | None = None,
+    max_shading_peak: float | None = None,
 ) -> dict[str, float]:
     """The share of each set visibility limit a cloaked face used: 0 = none, 1 = all of it.
 
-    ``shading``: its figure over ``max_shading``; ``ssim`` and ``ssim_p5``: how far each
-    fell below 1 over how far the limit lets it fall.
+    ``shading`` (``shading_peak``): its figure (its peak) over ``max_shading``
+    (``max_shading_peak``); ``ssim`` and ``ssim_p5``: how far each fell below 1 over how
+    far the limit lets it fall.
     """
     use = {}
     if max_shading is not None and face.shading is not None:
         use["shading"] = face.shading / max_shading
+    if max_shading_peak is not None and face.shading_peak is not None:
+        use["shading_peak"] = face.shading_peak / max_shading_peak
     for key, floor, value in (("ssim", min_face_ssim, face.ssim), ("ssim_p5", min_face_ssim_p5, face.ssim_p5)):
         if floor is not None and value is not None and floor < 1:
             use[key] = (1 - value) / (1 - floor)
@@ -171,7 +178,9 @@ def measure(
             if r.threshold.get(name)
         }
         if attack is not None:
-            r.limit_use = limit_use(r, attack.max_shading, attack.min_face_ssim, attack.min_face_ssim_p5)
+            r.limit_use = limit_use(
+                r, attack.max_shading, attack.min_face_ssim, attack.min_face_ssim_p5, attack.max_shading_peak
+            )
     whole_ssim, whole_psnr = photo_quality(original, cloaked)
     return PhotoReport(
         faces=reports,
@@ -278,5 +287,5 @@ def _measure_window(
     quality = face_quality(a, b, boxes[idx] - shift, growth=FACE_BOX_GROWTH)
     for i, values in zip(idx, zip(*quality)):
         r = reports[i]
-        r.ssim, r.ssim_p5, r.psnr, perceptual, r.color_shift, r.shading = (float(v) for v in values)
+        r.ssim, r.ssim_p5, r.psnr, perceptual, r.color_shift, r.shading, r.shading_peak = (float(v) for v in values)
         r.perceptual = None if np.isnan(perceptual) else perceptual

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import piq
 import torch
 
-from cloak.shading import color_shift, shading
+from cloak.shading import color_shift, shading, shading_peak
 from cloak.transforms import separable_gaussian
 
 #: Side and sigma of the Gaussian SSIM window, the standard of Wang et al. (2004).
@@ -320,6 +320,7 @@ class FaceQuality(NamedTuple):
         color_shift: :func:`color_shift` over the box (0 for no change of colour).
         shading: :func:`cloak.shading.shading` of the face (its own, larger region; 0 for
             no change, about 1 where a change of shading starts to show).
+        shading_peak: :func:`cloak.shading.shading_peak`: the same map at its worst pixel.
     """
 
     ssim: torch.Tensor
@@ -328,6 +329,7 @@ class FaceQuality(NamedTuple):
     perceptual: torch.Tensor
     color_shift: torch.Tensor
     shading: torch.Tensor
+    shading_peak: torch.Tensor
 
 
 def grow_boxes(boxes: torch.Tensor, growth: float, size: tuple[int, int]) -> torch.Tensor:
@@ -420,5 +422,6 @@ def face_quality(
         fields["color_shift"].append(color_shift(ca, cb, max_val=max_val))
     if len(boxes):
         fields["shading"].append(shading(a[0] / max_val, b[0] / max_val, boxes).to(a.dtype))
+        fields["shading_peak"].append(shading_peak(a[0] / max_val, b[0] / max_val, boxes).to(a.dtype))
     empty = a.new_zeros(0)
     return FaceQuality(**{name: torch.cat(v) if v else empty for name, v in fields.items()})

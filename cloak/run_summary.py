@@ -86,12 +86,15 @@ def _log_table(cloaked: dict[str, PhotoReport], models: list[str]) -> None:
 def _log_quality(cloaked: dict[str, PhotoReport], faces: list[FaceReport]) -> None:
     """The faces' shading, SSIM and colour shift over the run, and the whole photos' SSIM."""
     shaded = [f.shading for f in faces if f.shading is not None]
+    peaks = [f.shading_peak for f in faces if f.shading_peak is not None]
     if shaded:
         # SSIM barely sees smooth changes of light and tone; this is the number that does.
         log.info(
-            "Face shading (CIEDE2000 after a blur; about 1 starts to show side by side): mean %.2f, largest %.2f",
+            "Face shading (CIEDE2000 after a blur; about 1 starts to show side by side): mean %.2f, largest %.2f; "
+            "at the worst pixel: largest %.2f",
             np.mean(shaded),
             max(shaded),
+            max(peaks, default=float("nan")),
         )
     measured = [f for f in faces if f.ssim is not None]
     if measured:

@@ -189,6 +189,8 @@ def test_bad_parameters_are_refused():
         PGD(eps=0)
     with pytest.raises(ValueError, match="max_shading"):
         PGD(max_shading=0)
+    with pytest.raises(ValueError, match="max_shading_peak"):
+        PGD(max_shading_peak=-1.0)
     with pytest.raises(ValueError, match="max_dssim"):
         PGD(max_dssim=2.0)
     with pytest.raises(ValueError, match="min_steps"):
@@ -415,4 +417,19 @@ def test_shading_limit_holds_on_every_face(tiny_embedder):
     for p, r, u in zip(photos, limited, free):
         assert float(shading(p.photo, u.photo, p.boxes).max()) > 0.5, "the test limit does not bind"
         assert float(shading(p.photo, r.photo, p.boxes).max()) <= 0.5
+        assert (r.photo - p.photo).abs().max() > 0, "the limit left no cloak at all"
+
+
+def test_shading_peak_limit_holds_on_every_face(tiny_embedder):
+    """max_shading_peak: every face's shading map ends at or under the limit at every pixel, with a cloak left."""
+    from cloak.shading import shading_peak
+
+    model = tiny_embedder(dtype=torch.float64)
+    photos = [PhotoFaces(0.45 + 0.1 * p.photo, p.landmarks, p.seed, boxes=_box(p.landmarks)) for p in _photos(2)]
+    kw = {"eps": 16, "steps": 5, "max_dssim": None, "perturbation_sigma": 1.0}
+    limited = PGD(max_shading_peak=0.8, shading_peak_weight=0.1, **kw)(model, photos)
+    free = PGD(**kw)(model, photos)
+    for p, r, u in zip(photos, limited, free):
+        assert float(shading_peak(p.photo, u.photo, p.boxes).max()) > 0.8, "the test limit does not bind"
+        assert float(shading_peak(p.photo, r.photo, p.boxes).max()) <= 0.8
         assert (r.photo - p.photo).abs().max() > 0, "the limit left no cloak at all"

@@ -51,6 +51,8 @@ OVERRIDES = [
     "attack.background_eps=null",
     "attack.max_shading=null",
     "attack.shading_weight=1.0",
+    "attack.max_shading_peak=null",
+    "attack.shading_peak_weight=1.0",
 ]
 
 

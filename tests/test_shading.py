@@ -7,8 +7,8 @@ import pytest
 import torch
 from skimage.color import deltaE_ciede2000
 
-from cloak.attacks.budget import FaceBudget
-from cloak.shading import SHADING_GROWTH, ciede2000, shading, shading_box, shading_map
+from cloak.attacks.budget import FaceBudget, quantise
+from cloak.shading import SHADING_GROWTH, ciede2000, shading, shading_box, shading_map, shading_peak
 from cloak.transforms import smooth
 
 
@@ -108,6 +108,57 @@ def test_a_cloak_beyond_the_shading_limit_is_shrunk_to_it():
     assert figure <= 1.0
     assert figure > 0.7, "shrunk far below the limit"
     assert budget.within(shrunk, clean)
+
+
+def _spot_photo() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A flat grey photo, one face box, and a smooth dark spot covering about 2% of its shading region."""
+    clean = torch.full((1, 3, 140, 120), 128 / 255, dtype=torch.float64)
+    boxes = torch.tensor([[25.0, 35.0, 95.0, 125.0]], dtype=torch.float64)
+    yy, xx = torch.meshgrid(torch.arange(140.0), torch.arange(120.0), indexing="ij")
+    spot = torch.exp(-((yy - 60) ** 2 + (xx - 45) ** 2) / (2 * 4.0**2)).to(torch.float64)
+    return clean, boxes, spot
+
+
+def test_shading_peak_sees_a_spot_the_figure_leaves_out():
+    """A dark spot on 2% of the region (an eye socket): the 95th percentile stays near 0, the peak does not."""
+    clean, boxes, spot = _spot_photo()
+    cloaked = (clean - 8 / 255 * spot).clamp(0, 1)
+    figure, peak = float(shading(clean[0], cloaked[0], boxes)[0]), float(shading_peak(clean[0], cloaked[0], boxes)[0])
+    assert figure < 0.5
+    assert peak > 2.0
+    # The peak is the map's maximum over the same region.
+    x0, y0, x1, y1 = shading_box(boxes[0], (140, 120))
+    region = shading_map(clean[0, :, y0:y1, x0:x1], cloaked[0, :, y0:y1, x0:x1], float(boxes[0, 2] - boxes[0, 0]))
+    assert peak == pytest.approx(float(region.max()), rel=1e-12)
+
+
+def test_peak_limit_shrinks_a_spot_the_figure_lets_through():
+    """FaceBudget with max_shading_peak: the spot is scaled until its worst pixel is at the limit."""
+    clean, boxes, spot = _spot_photo()
+    delta = (-8 / 255 * spot).reshape(1, 1, 140, 120).expand(1, 3, -1, -1)
+    bound = torch.full((1, 1, 140, 120), 8 / 255, dtype=torch.float64)
+    figure_only = FaceBudget(boxes, (140, 120), None, None, max_shading=1.0)
+    assert torch.equal(figure_only.shrink(clean, delta, bound), quantise(clean, delta, bound)), "the figure shrank it"
+    both = FaceBudget(boxes, (140, 120), None, None, max_shading=1.0, max_shading_peak=1.0)
+    shrunk = both.shrink(clean, delta, bound)
+    peak = float(shading_peak(clean[0], shrunk[0], boxes)[0])
+    assert 0.7 < peak <= 1.0
+    assert both.within(shrunk, clean)
+
+
+def test_peak_penalty_pulls_only_beyond_the_peak():
+    """The peak's penalty is 0 below it and has a gradient on the spot above it."""
+    clean, boxes, spot = _spot_photo()
+    budget = FaceBudget(boxes, (140, 120), None, None, max_shading_peak=1.0, shading_peak_weight=1.0)
+    small = (clean - 1 / 255 * spot).clamp(0, 1)
+    assert float(budget.penalty(small, clean)) == 0.0
+    big = (clean - 8 / 255 * spot).clamp(0, 1).requires_grad_(True)
+    penalty = budget.penalty(big, clean)
+    (grad,) = torch.autograd.grad(penalty, big)
+    assert float(penalty) > 0
+    assert torch.isfinite(grad).all()
+    assert float(grad[0, 0, 60, 45]) < 0, "descending the penalty does not lighten the spot back"
+    assert budget.last_peak > 2.0
 
 
 def test_gradient_is_finite_where_both_colours_are_grey():

@@ -21,7 +21,7 @@ from cloak.alignment import warp_crops
 from cloak.attacks.budget import CloakShape, FaceBudget, check_limits, check_shape, require
 from cloak.attacks.masking import VisualMasking, chroma_map
 from cloak.attacks.regions import CloakResult, PhotoFaces, Region, face_region
-from cloak.attacks.steps import STEP_SCHEDULES, EarlyStop, frozen, settled_sign, step_sizes
+from cloak.attacks.steps import EarlyStop, check_steps, frozen, settled_sign, step_sizes
 from cloak.device import bfloat16_autocast
 from cloak.models.base import FaceEmbedder
 from cloak.models.ensemble import Ensemble, as_ensemble
@@ -101,6 +101,10 @@ class Attack:
             CIEDE2000 after a blur of 3% of the face's width, 95th percentile) may not exceed
             this; ``None`` for none. Enforced like ``min_face_ssim``. Needs the faces' ``boxes``.
         shading_weight: weight of the penalty for shading beyond ``max_shading``.
+        max_shading_peak: budget on each face's shading map at its worst pixel (the
+            figure's 95th percentile leaves the worst 5% of the region free, room enough for
+            darker eye sockets); ``None`` for none. Enforced like ``max_shading``.
+        shading_peak_weight: weight of the penalty for shading beyond ``max_shading_peak``.
         warm_steps: steps of a photo that starts from a given start (:attr:`PhotoFaces.start`,
             a cloak of the same person carried over), instead of ``steps``.
         warm_step_size: their mean step, 0-255 pixel units, on the same schedule; default
@@ -134,12 +138,14 @@ class Attack:
         bfloat16_members: Sequence[str] = (),
         max_shading: float | None = None,
         shading_weight: float = 1.0,
+        max_shading_peak: float | None = None,
+        shading_peak_weight: float = 1.0,
         warm_steps: int = 15,
         warm_step_size: float | None = None,
     ) -> None:
         require(eps > 0, f"eps must be positive (0-255 pixel units), got {eps}")
-        require(steps >= 0, f"steps must be >= 0, got {steps}")
-        check_limits(max_dssim, min_face_ssim, min_face_ssim_p5, max_shading)
+        check_steps(steps, step_schedule, min_steps, warm_steps, work_scale)
+        check_limits(max_dssim, min_face_ssim, min_face_ssim_p5, max_shading, max_shading_peak)
         check_shape(perturbation_sigma, color, max_chroma, background_eps)
         self.eps = float(eps) / 255.0
         self.steps = int(steps)
@@ -156,24 +162,17 @@ class Attack:
         self.masking = VisualMasking() if masking is True else (masking or None)
         self.perturbation_sigma = float(perturbation_sigma)
         self.color = color
-        require(min_steps >= 0, f"min_steps must be >= 0, got {min_steps}")
         self.stop_margin = None if stop_margin is None else float(stop_margin)
         self.min_steps = int(min_steps)
-        require(
-            work_scale is None or work_scale >= 1,
-            f"work_scale must be >= 1 (photo px per model px) or null, got {work_scale}",
-        )
         self.work_scale = None if work_scale is None else float(work_scale)
         self.max_chroma = float(max_chroma)
-        require(
-            step_schedule in STEP_SCHEDULES, f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}"
-        )
         self.step_schedule = step_schedule
         self.background_eps = None if background_eps is None else float(background_eps) / 255.0
         self.bfloat16_members = frozenset(str(m) for m in bfloat16_members)
         self.max_shading = None if max_shading is None else float(max_shading)
         self.shading_weight = float(shading_weight)
-        require(warm_steps >= 0, f"warm_steps must be >= 0, got {warm_steps}")
+        self.max_shading_peak = None if max_shading_peak is None else float(max_shading_peak)
+        self.shading_peak_weight = float(shading_peak_weight)
         self.warm_steps = int(warm_steps)
         self.warm_step_size = float(warm_step_size) / 255.0 if warm_step_size else self.step_size
 
@@ -445,4 +444,6 @@ class Attack:
             min_face_ssim=self.min_face_ssim,
             max_shading=self.max_shading,
             shading_weight=self.shading_weight,
+            max_shading_peak=self.max_shading_peak,
+            shading_peak_weight=self.shading_peak_weight,
         )

@@ -106,6 +106,10 @@ class FaceBudget:
             grown as :data:`~cloak.shading.SHADING_GROWTH`) may not exceed this; ``None``
             for no limit. Needs ``boxes``.
         shading_weight: weight of the penalty for shading beyond ``max_shading``.
+        max_shading_peak: each face's shading map may not exceed this at any pixel of its
+            region (the figure's percentile leaves the worst 5% free); ``None`` for no limit.
+            Needs ``boxes``.
+        shading_peak_weight: weight of the penalty for shading beyond ``max_shading_peak``.
     """
 
     def __init__(
@@ -119,6 +123,8 @@ class FaceBudget:
         min_face_ssim: float | None = None,
         max_shading: float | None = None,
         shading_weight: float = 1.0,
+        max_shading_peak: float | None = None,
+        shading_peak_weight: float = 1.0,
     ) -> None:
         h, w = size
         whole = [(0, 0, w, h)]
@@ -141,8 +147,12 @@ class FaceBudget:
         self.last_ssim = 1.0
         self.max_shading = max_shading
         self.shading_weight = float(shading_weight)
+        self.max_shading_peak = max_shading_peak
+        self.shading_peak_weight = float(shading_peak_weight)
         self.last_shading = 0.0
-        self.shading = [] if max_shading is None or grown is None else _shading_faces(boxes[inside], size)
+        self.last_peak = 0.0
+        limited = max_shading is not None or max_shading_peak is not None
+        self.shading = _shading_faces(boxes[inside], size) if limited and grown is not None else []
         self._reference: LocalSSIM | None = None
         self._clean_lab: list[torch.Tensor] | None = None
 
@@ -157,7 +167,10 @@ class FaceBudget:
         close_dssim = self.max_dssim is not None and self.last_dssim > 0.8 * self.max_dssim
         close_p5 = self.min_p5 is not None and self.last_p5 < self.min_p5 + 0.5 * (1 - self.min_p5)
         close_ssim = self.min_ssim is not None and self.last_ssim < self.min_ssim + 0.2 * (1 - self.min_ssim)
-        close_shading = bool(self.shading) and self.last_shading > 0.7 * self.max_shading
+        close_shading = bool(self.shading) and (
+            (self.max_shading is not None and self.last_shading > 0.7 * self.max_shading)
+            or (self.max_shading_peak is not None and self.last_peak > 0.7 * self.max_shading_peak)
+        )
         return close_dssim or close_p5 or close_ssim or close_shading
 
     def _local(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
@@ -199,12 +212,17 @@ class FaceBudget:
                     total = total + self.p5_weight * (self.min_ssim - mean).clamp_min(0)
             self.last_p5 = min(lows, default=1.0)
             self.last_ssim = min(means, default=1.0)
-        if self.shading and self.shading_weight > 0:
+        if self.shading:
+            # Both shading penalties read as the mean excess of the region's worst 5%.
             share = 1 - SHADING_PERCENTILE / 100.0
             maps = self._shading_maps(adv, clean)
             for de in maps:
-                total = total + self.shading_weight * (de - self.max_shading).clamp_min(0).mean() / share
+                if self.max_shading is not None and self.shading_weight > 0:
+                    total = total + self.shading_weight * (de - self.max_shading).clamp_min(0).mean() / share
+                if self.max_shading_peak is not None and self.shading_peak_weight > 0:
+                    total = total + self.shading_peak_weight * (de - self.max_shading_peak).clamp_min(0).mean() / share
             self.last_shading = max(_figure(de) for de in maps)
+            self.last_peak = max(float(de.detach().max()) for de in maps)
         return total
 
     def _shading_maps(self, adv: torch.Tensor, clean: torch.Tensor) -> list[torch.Tensor]:
@@ -235,7 +253,13 @@ class FaceBudget:
                     return False
                 if self.min_ssim is not None and float(local.mean()) < self.min_ssim:
                     return False
-        return not self.shading or max(self.shading_figures(adv, clean)) <= self.max_shading
+        if not self.shading:
+            return True
+        with torch.no_grad():
+            maps = self._shading_maps(adv, clean)
+        if self.max_shading is not None and max(_figure(de) for de in maps) > self.max_shading:
+            return False
+        return self.max_shading_peak is None or max(float(de.max()) for de in maps) <= self.max_shading_peak
 
     def shrink(self, clean: torch.Tensor, delta: torch.Tensor, bound: torch.Tensor, iters: int = 12) -> torch.Tensor:
         """The cloaked region, scaled down (bisection on the cloak's scale) until it keeps the budget.
@@ -274,7 +298,11 @@ def require(condition: bool, message: str) -> None:
 
 
 def check_limits(
-    max_dssim: float | None, min_face_ssim: float | None, min_face_ssim_p5: float | None, max_shading: float | None
+    max_dssim: float | None,
+    min_face_ssim: float | None,
+    min_face_ssim_p5: float | None,
+    max_shading: float | None,
+    max_shading_peak: float | None = None,
 ) -> None:
     """Raises a clear ``ValueError`` for a visibility limit out of its range."""
     require(max_dssim is None or 0 < max_dssim < 1, f"max_dssim must be in (0, 1) or null, got {max_dssim}")
@@ -283,6 +311,10 @@ def check_limits(
     require(
         max_shading is None or max_shading > 0,
         f"max_shading must be positive (CIEDE2000) or null, got {max_shading}",
+    )
+    require(
+        max_shading_peak is None or max_shading_peak > 0,
+        f"max_shading_peak must be positive (CIEDE2000) or null, got {max_shading_peak}",
     )
 
 

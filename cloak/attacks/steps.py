@@ -14,6 +14,23 @@ if TYPE_CHECKING:
 STEP_SCHEDULES = ("constant", "cosine")
 
 
+def check_steps(steps: int, schedule: str, min_steps: int, warm_steps: int, work_scale: float | None) -> None:
+    """Raises a clear ``ValueError`` for an option of the attack's steps out of its range."""
+    problems = [
+        (steps < 0, f"steps must be >= 0, got {steps}"),
+        (schedule not in STEP_SCHEDULES, f"step_schedule must be one of {STEP_SCHEDULES}, got {schedule!r}"),
+        (min_steps < 0, f"min_steps must be >= 0, got {min_steps}"),
+        (warm_steps < 0, f"warm_steps must be >= 0, got {warm_steps}"),
+        (
+            work_scale is not None and work_scale < 1,
+            f"work_scale must be >= 1 (photo px per model px) or null, got {work_scale}",
+        ),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ValueError(message)
+
+
 #: Gradient components within this many machine epsilons of the gradient's largest are
 #: rounding noise: their sign depends on the order of a reduction (a batch of photos or
 #: one alone, AVX2 or AVX512 kernels), so they take no step.

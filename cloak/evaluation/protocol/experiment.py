@@ -123,6 +123,7 @@ def quality_row(
         face_color_shift=float(f["color_shift"].mean()) if n_faces else None,
         face_shading=float(f["shading"].mean()) if n_faces else None,
         face_shading_max=float(f["shading"].max()) if n_faces else None,
+        face_shading_peak_max=float(f["shading_peak"].max()) if n_faces else None,
     )
 
 

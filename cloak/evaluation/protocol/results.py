@@ -105,6 +105,8 @@ class QualityRow:
             (:func:`cloak.shading.color_shift`; 0 on grey photos with a grey cloak).
         face_shading, face_shading_max: mean and largest shading figure of the faces
             (:func:`cloak.shading.shading`; about 1 starts to show side by side).
+        face_shading_peak_max: the largest of the faces' shading maps at their worst
+            pixel (:func:`cloak.shading.shading_peak`).
     """
 
     setting: str
@@ -124,6 +126,7 @@ class QualityRow:
     face_color_shift: float | None = None
     face_shading: float | None = None
     face_shading_max: float | None = None
+    face_shading_peak_max: float | None = None
 
 
 @dataclass
