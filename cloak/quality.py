@@ -31,7 +31,7 @@ from typing import NamedTuple
 import piq
 import torch
 
-from cloak.shading import color_shift, shading, shading_peak
+from cloak.shading import SHADING_PERCENTILE, color_shift, shading_percentiles
 from cloak.transforms import separable_gaussian
 
 #: Side and sigma of the Gaussian SSIM window, the standard of Wang et al. (2004).
@@ -421,7 +421,9 @@ def face_quality(
             fields["perceptual"].append(torch.full((1,), math.nan, dtype=a.dtype, device=a.device))
         fields["color_shift"].append(color_shift(ca, cb, max_val=max_val))
     if len(boxes):
-        fields["shading"].append(shading(a[0] / max_val, b[0] / max_val, boxes).to(a.dtype))
-        fields["shading_peak"].append(shading_peak(a[0] / max_val, b[0] / max_val, boxes).to(a.dtype))
+        # The figure (95th percentile) and the peak of one map per face.
+        figure, peak = shading_percentiles(a[0] / max_val, b[0] / max_val, boxes, (SHADING_PERCENTILE, 100.0))
+        fields["shading"].append(figure.to(a.dtype))
+        fields["shading_peak"].append(peak.to(a.dtype))
     empty = a.new_zeros(0)
     return FaceQuality(**{name: torch.cat(v) if v else empty for name, v in fields.items()})

@@ -218,16 +218,13 @@ def shading_map(original: torch.Tensor, cloaked: torch.Tensor, face_width: float
     return ciede2000(blurred_lab(original, sigma), blurred_lab(cloaked, sigma))
 
 
-def shading(
-    original: torch.Tensor, cloaked: torch.Tensor, boxes: torch.Tensor, percentile: float = SHADING_PERCENTILE
-) -> torch.Tensor:
+def shading(original: torch.Tensor, cloaked: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """The shading figure of each face of a photo: the 95th percentile of :func:`shading_map` over its region.
 
     Args:
         original: ``[3, H, W]`` RGB in ``[0, 1]``.
         cloaked: the same shape.
         boxes: ``[F, 4]`` face boxes ``(x0, y0, x1, y1)`` in pixels (the detector's).
-        percentile: the percentile of the map read, 0-100 (100: the peak, :func:`shading_peak`).
 
     Returns:
         ``[F]`` CIEDE2000 units: 0 for no change, about 1 where a change starts to show.
@@ -238,16 +235,7 @@ def shading(
         - boxes: :math:`(F, 4)`
         - Output: :math:`(F,)`
     """
-    if original.ndim != 3:
-        raise ValueError(f"shading measures one photo: original must be [3, H, W], got {list(original.shape)}")
-    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    size = (original.shape[-2], original.shape[-1])
-    values = []
-    for box in boxes:
-        x0, y0, x1, y1 = shading_box(box, size)
-        region = shading_map(original[:, y0:y1, x0:x1], cloaked[:, y0:y1, x0:x1], float(box[2] - box[0]))
-        values.append(torch.quantile(region.flatten(), percentile / 100.0))
-    return torch.stack(values) if values else original.new_zeros(0)
+    return shading_percentiles(original, cloaked, boxes, (SHADING_PERCENTILE,))[0]
 
 
 def shading_peak(original: torch.Tensor, cloaked: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -260,4 +248,30 @@ def shading_peak(original: torch.Tensor, cloaked: torch.Tensor, boxes: torch.Ten
         - boxes: :math:`(F, 4)`
         - Output: :math:`(F,)`
     """
-    return shading(original, cloaked, boxes, percentile=100.0)
+    return shading_percentiles(original, cloaked, boxes, (100.0,))[0]
+
+
+def shading_percentiles(
+    original: torch.Tensor, cloaked: torch.Tensor, boxes: torch.Tensor, percentiles: tuple[float, ...]
+) -> torch.Tensor:
+    """Percentiles (0-100) of each face's :func:`shading_map` over its region, each map computed once.
+
+    :func:`shading` is the 95th, :func:`shading_peak` the 100th.
+
+    Shape:
+        - original: :math:`(3, H, W)`
+        - cloaked: :math:`(3, H, W)`
+        - boxes: :math:`(F, 4)`
+        - Output: :math:`(P, F)` for ``P`` percentiles
+    """
+    if original.ndim != 3:
+        raise ValueError(f"shading measures one photo: original must be [3, H, W], got {list(original.shape)}")
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    size = (original.shape[-2], original.shape[-1])
+    q = torch.tensor(percentiles, dtype=original.dtype, device=original.device) / 100.0
+    values = []
+    for box in boxes:
+        x0, y0, x1, y1 = shading_box(box, size)
+        region = shading_map(original[:, y0:y1, x0:x1], cloaked[:, y0:y1, x0:x1], float(box[2] - box[0]))
+        values.append(torch.quantile(region.flatten(), q.to(region.dtype)))
+    return torch.stack(values, dim=1) if values else original.new_zeros(len(percentiles), 0)

@@ -237,11 +237,6 @@ class FaceBudget:
             for ((x0, y0, x1, y1), sigma), ref in zip(self.shading, self._clean_lab)
         ]
 
-    def shading_figures(self, adv: torch.Tensor, clean: torch.Tensor) -> list[float]:
-        """Each face's shading figure (:func:`cloak.shading.shading`, on the region's pixels)."""
-        with torch.no_grad():
-            return [_figure(de) for de in self._shading_maps(adv, clean)]
-
     def within(self, adv: torch.Tensor, clean: torch.Tensor) -> bool:
         """Whether ``adv`` keeps every limit."""
         if self.max_dssim is not None and float(dssim(adv, clean)[0]) > self.max_dssim:

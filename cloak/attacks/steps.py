@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from cloak.attacks.budget import require
+
 if TYPE_CHECKING:
     from cloak.attacks.base import Attack, Views
 
@@ -16,19 +18,14 @@ STEP_SCHEDULES = ("constant", "cosine")
 
 def check_steps(steps: int, schedule: str, min_steps: int, warm_steps: int, work_scale: float | None) -> None:
     """Raises a clear ``ValueError`` for an option of the attack's steps out of its range."""
-    problems = [
-        (steps < 0, f"steps must be >= 0, got {steps}"),
-        (schedule not in STEP_SCHEDULES, f"step_schedule must be one of {STEP_SCHEDULES}, got {schedule!r}"),
-        (min_steps < 0, f"min_steps must be >= 0, got {min_steps}"),
-        (warm_steps < 0, f"warm_steps must be >= 0, got {warm_steps}"),
-        (
-            work_scale is not None and work_scale < 1,
-            f"work_scale must be >= 1 (photo px per model px) or null, got {work_scale}",
-        ),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise ValueError(message)
+    require(steps >= 0, f"steps must be >= 0, got {steps}")
+    require(schedule in STEP_SCHEDULES, f"step_schedule must be one of {STEP_SCHEDULES}, got {schedule!r}")
+    require(min_steps >= 0, f"min_steps must be >= 0, got {min_steps}")
+    require(warm_steps >= 0, f"warm_steps must be >= 0, got {warm_steps}")
+    require(
+        work_scale is None or work_scale >= 1,
+        f"work_scale must be >= 1 (photo px per model px) or null, got {work_scale}",
+    )
 
 
 #: Gradient components within this many machine epsilons of the gradient's largest are
